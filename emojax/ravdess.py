@@ -16,14 +16,14 @@ NUM_CLASSES = len(EMOTIONS)
 
 # RAVDESS emotion code -> emotion name. `calm` (02) is not one of the 7 classes.
 EMOTION_NAMES = {
-    1: 'neutral',
-    2: 'calm',
-    3: 'happiness',
-    4: 'sadness',
-    5: 'anger',
-    6: 'fear',
-    7: 'disgust',
-    8: 'surprise',
+  1: 'neutral',
+  2: 'calm',
+  3: 'happiness',
+  4: 'sadness',
+  5: 'anger',
+  6: 'fear',
+  7: 'disgust',
+  8: 'surprise',
 }
 MODALITY_AUDIO_VIDEO = 1
 MODALITY_VIDEO_ONLY = 2
@@ -64,15 +64,15 @@ class ClipName:
   def clip_id(self) -> str:
     """The six fields after the modality: one id per recording across modalities."""
     return '-'.join(
-        f'{v:02d}'
-        for v in (
-            self.vocal_channel,
-            self.emotion_code,
-            self.intensity,
-            self.statement,
-            self.repetition,
-            self.actor,
-        )
+      f'{v:02d}'
+      for v in (
+        self.vocal_channel,
+        self.emotion_code,
+        self.intensity,
+        self.statement,
+        self.repetition,
+        self.actor,
+      )
     )
 
   @property
@@ -106,19 +106,21 @@ def parse_name(path: str) -> ClipName:
     raise ValueError(f'{base!r} is not a RAVDESS name: expected seven two-digit fields MM-VV-EE-II-SS-RR-AA.')
   m, v, e, i, s, r, a = (int(x) for x in match.groups())
   checks = (
-      ('modality', m, MODALITY_NAMES),
-      ('vocal channel', v, (VOCAL_CHANNEL_SPEECH, VOCAL_CHANNEL_SONG)),
-      ('emotion', e, EMOTION_NAMES),
-      ('intensity', i, (1, 2)),
-      ('statement', s, (1, 2)),
-      ('repetition', r, (1, 2)),
-      ('actor', a, range(1, NUM_ACTORS + 1)),
+    ('modality', m, MODALITY_NAMES),
+    ('vocal channel', v, (VOCAL_CHANNEL_SPEECH, VOCAL_CHANNEL_SONG)),
+    ('emotion', e, EMOTION_NAMES),
+    ('intensity', i, (1, 2)),
+    ('statement', s, (1, 2)),
+    ('repetition', r, (1, 2)),
+    ('actor', a, range(1, NUM_ACTORS + 1)),
   )
   for field, value, allowed in checks:
     if value not in allowed:
       raise ValueError(f'{base!r} has an invalid {field} field {value:02d}: allowed {sorted(allowed)}.')
   if ext.lower() != MODALITY_EXTENSIONS[m]:
-    raise ValueError(f'{base!r} has modality {m:02d} ({MODALITY_NAMES[m]}) but extension {ext!r}: expected {MODALITY_EXTENSIONS[m]!r}.')
+    raise ValueError(
+      f'{base!r} has modality {m:02d} ({MODALITY_NAMES[m]}) but extension {ext!r}: expected {MODALITY_EXTENSIONS[m]!r}.'
+    )
   if e == 1 and i == 2:
     raise ValueError(f'{base!r} is neutral at strong intensity, which RAVDESS does not have.')
   return ClipName(m, v, e, i, s, r, a)

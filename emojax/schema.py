@@ -17,17 +17,17 @@ AUDIO_KEY = 'audio_embedding'
 FEATURE_DIMS = {VISUAL_KEY: VISUAL_DIM, AUDIO_KEY: AUDIO_DIM}
 
 INT_CONTEXT = (
-    'label',
-    'emotion_code',
-    'actor',
-    'gender',
-    'intensity',
-    'statement',
-    'repetition',
-    'vocal_channel',
-    'num_frames',
-    'num_audio_frames',
-    'face_detected_frames',
+  'label',
+  'emotion_code',
+  'actor',
+  'gender',
+  'intensity',
+  'statement',
+  'repetition',
+  'vocal_channel',
+  'num_frames',
+  'num_audio_frames',
+  'face_detected_frames',
 )
 FLOAT_CONTEXT = ('fps',)
 BYTES_CONTEXT = ('clip_id', 'video_source', 'audio_source')
@@ -73,13 +73,13 @@ def to_sequence_example(context: dict, visual_embedding: np.ndarray, audio_embed
     return tf.train.FeatureList(feature=[tf.train.Feature(float_list=tf.train.FloatList(value=r)) for r in rows])
 
   example = tf.train.SequenceExample(
-      context=tf.train.Features(feature=feature),
-      feature_lists=tf.train.FeatureLists(
-          feature_list={
-              VISUAL_KEY: feature_list(visual_embedding, VISUAL_DIM, VISUAL_KEY),
-              AUDIO_KEY: feature_list(audio_embedding, AUDIO_DIM, AUDIO_KEY),
-          }
-      ),
+    context=tf.train.Features(feature=feature),
+    feature_lists=tf.train.FeatureLists(
+      feature_list={
+        VISUAL_KEY: feature_list(visual_embedding, VISUAL_DIM, VISUAL_KEY),
+        AUDIO_KEY: feature_list(audio_embedding, AUDIO_DIM, AUDIO_KEY),
+      }
+    ),
   )
   return example.SerializeToString(deterministic=True)
 

@@ -26,19 +26,19 @@ def test_label_table_is_the_thesis_order_and_drops_calm():
 
 
 @pytest.mark.parametrize(
-    'bad, field',
-    [
-        ('01-01-06-01-02-01.mp4', 'seven two-digit fields'),
-        ('notes.txt', 'seven two-digit fields'),
-        ('04-01-06-01-02-01-12.mp4', 'modality'),
-        ('01-03-06-01-02-01-12.mp4', 'vocal channel'),
-        ('01-01-09-01-02-01-12.mp4', 'emotion'),
-        ('01-01-06-03-02-01-12.mp4', 'intensity'),
-        ('01-01-06-01-02-01-25.mp4', 'actor'),
-        ('01-01-06-01-02-01-00.mp4', 'actor'),
-        ('03-01-06-01-02-01-12.mp4', 'extension'),
-        ('01-01-01-02-02-01-12.mp4', 'neutral'),
-    ],
+  'bad, field',
+  [
+    ('01-01-06-01-02-01.mp4', 'seven two-digit fields'),
+    ('notes.txt', 'seven two-digit fields'),
+    ('04-01-06-01-02-01-12.mp4', 'modality'),
+    ('01-03-06-01-02-01-12.mp4', 'vocal channel'),
+    ('01-01-09-01-02-01-12.mp4', 'emotion'),
+    ('01-01-06-03-02-01-12.mp4', 'intensity'),
+    ('01-01-06-01-02-01-25.mp4', 'actor'),
+    ('01-01-06-01-02-01-00.mp4', 'actor'),
+    ('03-01-06-01-02-01-12.mp4', 'extension'),
+    ('01-01-01-02-02-01-12.mp4', 'neutral'),
+  ],
 )
 def test_parse_name_rejects_invalid_names_naming_the_field(bad, field):
   with pytest.raises(ValueError, match=field) as error:
@@ -47,11 +47,12 @@ def test_parse_name_rejects_invalid_names_naming_the_field(bad, field):
 
 
 def test_sequence_example_round_trip():
-  context = dict(
-      clip_id='01-06-01-02-01-12', label=2, emotion_code=6, actor=12, gender=1, intensity=1, statement=2,
-      repetition=1, vocal_channel=1, num_frames=3, num_audio_frames=5, face_detected_frames=2, fps=45.0,
-      video_source='Actor_12/01-01-06-01-02-01-12.mp4', audio_source='Actor_12/03-01-06-01-02-01-12.wav',
-  )  # fmt: skip
+  context = {
+      'clip_id': '01-06-01-02-01-12', 'label': 2, 'emotion_code': 6, 'actor': 12, 'gender': 1, 'intensity': 1,
+      'statement': 2, 'repetition': 1, 'vocal_channel': 1, 'num_frames': 3, 'num_audio_frames': 5,
+      'face_detected_frames': 2, 'fps': 45.0, 'video_source': 'Actor_12/01-01-06-01-02-01-12.mp4',
+      'audio_source': 'Actor_12/03-01-06-01-02-01-12.wav',
+  }  # fmt: skip
   visual = np.random.default_rng(0).normal(size=(3, schema.VISUAL_DIM)).astype(np.float32)
   audio = np.random.default_rng(1).normal(size=(5, schema.AUDIO_DIM)).astype(np.float32)
   serialized = schema.to_sequence_example(context, visual, audio)

@@ -1,0 +1,90 @@
+"""Shared base config: data, partitions, the three models, Adamax, the loop.
+
+`configs/stack.py`, `configs/audio.py` and `configs/visual.py` import this and
+change a few fields. Every field can be overridden on the command line, e.g.
+`--config.data.dir=/data/ravdess-tfrecords --config.data.protocol=actor`.
+
+`get_config('smoke')` (as `--config=configs/stack.py:smoke`) shrinks the run
+to a few epochs of small models, for tests on a laptop CPU; `get_config('demo')`
+keeps the thesis' model sizes but caps the epochs, for `./launch.sh demo`.
+Neither gives numbers worth reporting.
+"""
+
+import ml_collections
+
+from emojax import schema
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the base config; `arg='smoke'` gives the tiny variant."""
+  config = ml_collections.ConfigDict()
+
+  # Which models to train, in stage order; the stacker needs both base models.
+  config.models = ('audio', 'visual', 'stacker')
+  config.mode = 'train'  # 'train' | 'eval' (restore best checkpoints, rewrite report.json).
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dir = ml_collections.config_dict.placeholder(str)  # Shards + dataset_info.json.
+  # What the data must have been written with; checked against dataset_info.json.
+  config.data.schema_version = schema.SCHEMA_VERSION
+  config.data.feature_dims = ml_collections.ConfigDict(dict(schema.FEATURE_DIMS))
+  # 'random': stratified by emotion, as the thesis (actors shared across partitions).
+  # 'actor': whole actors to each partition, balanced by gender (unseen people at test).
+  config.data.protocol = 'random'
+  config.data.fractions = (0.5, 0.25, 0.25)  # base / stack / test ('random').
+  config.data.actor_split = (12, 6, 6)  # Actors for base / stack / test ('actor').
+  # Taken stratified from each training partition (base, stack) for early stopping.
+  config.data.val_fraction = 0.15
+  # RAVDESS clips are at most ~5.3 s: 240 frames at 45 fps. Longer clips are cut (logged).
+  config.data.max_frames = 256
+  # Each batch's time axis is cut to its longest clip rounded up to this: few recompiles.
+  config.data.time_bucket = 32
+  # Z-score every embedding dimension (and the stacker's inputs) with statistics of the
+  # training partition only. Not in the thesis; False reproduces its raw inputs.
+  config.data.standardize = True
+
+  config.model = ml_collections.ConfigDict()
+  config.model.audio = ml_collections.ConfigDict()
+  config.model.audio.hidden_sizes = (512, 256)  # Thesis Table 1.
+  config.model.audio.dropout_rate = 0.5
+  config.model.audio.num_audio_frames = 5  # VGGish rows used: 5 x 0.96 s.
+  config.model.visual = ml_collections.ConfigDict()
+  config.model.visual.lstm_sizes = (200, 100)
+  config.model.visual.dropout_rate = 0.0  # None in the thesis.
+  config.model.stacker = ml_collections.ConfigDict()
+  config.model.stacker.hidden_sizes = (256,)
+  config.model.stacker.dropout_rate = 0.5
+
+  # Keras Adamax defaults, as the thesis.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-7
+
+  config.batch_size = 32  # Global; must be divisible by the number of devices.
+  config.num_epochs = 200
+  config.patience = 20  # Epochs without a lower validation loss before stopping.
+
+  # Logging.
+  config.log_every_secs = 60.0  # steps/s from clu's ReportProgress.
+
+  if arg == 'smoke':
+    # Minutes on a laptop CPU; the higher learning rate lets small models learn in few epochs.
+    config.num_epochs = 12
+    config.patience = 4
+    config.batch_size = 16
+    config.optimizer.learning_rate = 3e-3
+    config.model.audio.hidden_sizes = (64, 32)
+    config.model.visual.lstm_sizes = (32, 16)
+    config.model.stacker.hidden_sizes = (32,)
+    config.log_every_secs = 5.0
+  elif arg == 'demo':
+    # The thesis' model sizes on the demo's few hundred synthetic clips: a few minutes on 2 CPUs.
+    config.num_epochs = 60
+    config.patience = 8
+    config.log_every_secs = 10.0
+  elif arg:
+    raise ValueError(f'Unknown config argument {arg!r}: use none, "smoke" or "demo".')
+  return config

@@ -1,0 +1,561 @@
+r"""Turns an unpacked RAVDESS tree into sharded TFRecords of VGG16 and VGGish embedding sequences.
+
+  python data_prep/build_tfrecords.py --input_dir=RAVDESS_ROOT --output_dir=OUT
+
+Per clip (see `data_prep.discover` for how the files of a clip are paired):
+  video: PyAV decode, sampling at --fps by timestamp, Haar face crop of each
+    DISTINCT source frame (`data_prep.video`), then VGG16 once per distinct
+    frame; target frames that repeat a source frame reuse its embedding row.
+  audio: wav (or the AV mp4's track) -> mono 16 kHz, zero-padded to
+    --min_audio_seconds (`data_prep.audio`) -> VGGish, one row per 0.96 s.
+Output: `OUT/ravdess-NNNNN-of-MMMMM.tfrecord` (schema v1, `emojax.schema`) and
+`OUT/dataset_info.json` (settings, extractor identities, counts, face detection
+rate, every skipped file with its reason); see `data_prep.write` for the layout.
+
+Where the work runs: decoding, face detection and audio reading run in
+--num_workers processes (started with 'spawn', so they never import
+TensorFlow); both CNNs run in the main process, one clip at a time over the
+clip's distinct frames, while the workers prepare the next clips (a bounded
+window of 2 x num_workers clips, so memory depends on the clip, not on the
+dataset).
+
+Clip i of the sorted clip list goes to shard i % num_shards, so every shard
+mixes emotions and actors, and the assignment depends only on the input tree
+and the settings.
+
+Resuming: re-running into the same OUT keeps every complete shard (its clips
+are not even decoded) and rebuilds the missing ones, byte-identical to a full
+run. `OUT/settings.json` is written before the first shard; a later run whose
+content settings, input tree or extractors differ stops with an error naming
+the differences. --overwrite deletes the previous outputs first (only files
+this script writes).
+
+Several machines: run the same command with --num_tasks=N and --task_index=0..N-1
+(and an explicit --num_shards is advisable); task t builds the shards whose
+index % N == t. Each shard carries its own summary (`OUT/shard_info/`), so the
+task that finds every shard complete when it ends writes dataset_info.json; if
+tasks end together or one was rerun, `--merge_only` writes it from the
+summaries without touching any clip.
+
+Whole-run problems (missing input dir, unwritable output dir, an extractor that
+cannot be loaded, no clips, mismatched settings) print one line on stderr and
+exit with status 1.
+"""
+
+import os
+import sys
+
+if __package__ in (None, ''):
+  try:
+    import data_prep  # noqa: F401  (installed with `pip install -e .`)
+  except ImportError:  # Run from a checkout without installing: the repo root is one level up.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import collections
+import dataclasses
+import math
+import multiprocessing
+import resource
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from data_prep import discover as discover_lib
+from data_prep import write as write_lib
+from emojax import schema
+
+# This module must stay free of TensorFlow imports at the top level: 'spawn' workers import
+# the main script, and TensorFlow in each worker would cost seconds and hundreds of MB.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+DEFAULT_CLIPS_PER_SHARD = 64
+# The public TF-Hub VGGish; must equal `data_prep.extractors.DEFAULT_VGGISH_HANDLE` (a test checks).
+DEFAULT_VGGISH_HANDLE = 'https://tfhub.dev/google/vggish/1'
+
+# Settings that change what is written; they are recorded and must match on resume.
+CONTENT_DEFAULTS = {
+  'fps': 45.0,
+  'image_size': 48,
+  'detect_width': 640,
+  # Smallest face searched, as a fraction of the detection width (64 px at 640). RAVDESS faces
+  # span about a quarter of the frame's width; skipping the smaller scales makes Haar ~3x faster.
+  'min_face_fraction': 0.1,
+  'rgb': False,
+  'min_audio_seconds': 5.0,
+  'vgg16_weights': 'imagenet',
+  'vggish_handle': DEFAULT_VGGISH_HANDLE,
+  'extractor_seed': 0,
+  'include_song': False,
+  'include_calm': False,
+  'on_no_face': 'skip',
+  'num_shards': None,  # None: ceil(num_clips / DEFAULT_CLIPS_PER_SHARD).
+  'max_clips': None,
+}
+# Options that change how the run goes, not what it writes.
+RUN_DEFAULTS = {
+  'num_workers': None,  # None: one per CPU core.
+  'cache_dir': None,
+  'task_index': 0,
+  'num_tasks': 1,
+  'overwrite': False,
+  'merge_only': False,
+  'progress': True,
+}
+STAGES = ('decode', 'face', 'audio', 'vgg16', 'vggish', 'write')
+
+
+class BuildError(Exception):
+  """A problem with the whole run (not one clip): reported in one line, exit status 1."""
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  input_dir: str
+  clip: discover_lib.Clip
+  fps: float
+  image_size: int
+  rgb: bool
+  min_audio_seconds: float
+
+
+@dataclasses.dataclass
+class _Prepared:
+  """A clip after the worker stages: face crops and the 16 kHz waveform, or why it failed."""
+
+  clip: discover_lib.Clip
+  faces: object = None  # data_prep.video.VideoFaces
+  waveform: np.ndarray | None = None  # [num_samples] float32 at 16 kHz
+  timings: dict = dataclasses.field(default_factory=dict)
+  error: dict | None = None  # {'path', 'reason', 'kind'}
+  peak_rss_mb: float = 0.0  # of the process that prepared it
+
+
+# One face detector per worker process (the cascade takes a while to load); set by
+# `_init_worker`, which multiprocessing calls once in each worker.
+_worker_detector = None
+
+
+def _init_worker(detect_width: int, min_face_fraction: float) -> None:
+  global _worker_detector
+  import cv2
+
+  from data_prep import video
+
+  cv2.setNumThreads(1)  # Parallelism comes from the worker processes.
+  _worker_detector = video.FaceDetector(detect_width=detect_width, min_face_fraction=min_face_fraction)
+
+
+def _prepare_clip(job: _Job) -> _Prepared:
+  """Worker stage: decode + face crops, read + resample audio. No TensorFlow here."""
+  from data_prep import audio, video
+
+  clip = job.clip
+  result = _Prepared(clip=clip)
+
+  def relative_reason(err, source):
+    return str(err).replace(os.path.join(job.input_dir, source), source)
+
+  video_path = os.path.join(job.input_dir, clip.video_source)
+  try:
+    result.faces = video.extract_faces(
+      video_path,
+      fps=job.fps,
+      image_size=job.image_size,
+      detect_width=_worker_detector.detect_width,
+      rgb=job.rgb,
+      detector=_worker_detector,
+    )
+  except (ValueError, OSError) as err:
+    result.error = {'path': clip.video_source, 'reason': relative_reason(err, clip.video_source), 'kind': 'video'}
+    return result
+  result.timings.update(result.faces.timings)
+
+  start = time.perf_counter()
+  try:
+    waveform, sample_rate = audio.read_audio(os.path.join(job.input_dir, clip.audio_source))
+    result.waveform = audio.prepare_waveform(waveform, sample_rate, min_seconds=job.min_audio_seconds)
+  except (ValueError, OSError) as err:
+    result.faces = None
+    result.error = {'path': clip.audio_source, 'reason': relative_reason(err, clip.audio_source), 'kind': 'audio'}
+  result.timings['audio'] = time.perf_counter() - start
+  result.peak_rss_mb = _own_peak_rss_mb()
+  return result
+
+
+def _prepared_stream(jobs: list, num_workers: int, detector_args: tuple):
+  """Yields `_Prepared` in job order, at most 2 x num_workers clips ahead of the consumer."""
+  if num_workers == 0:
+    _init_worker(*detector_args)
+    for job in jobs:
+      yield _prepare_clip(job)
+    return
+  context = multiprocessing.get_context('spawn')
+  with context.Pool(num_workers, initializer=_init_worker, initargs=detector_args) as pool:
+    pending = collections.deque()
+    remaining = iter(jobs)
+    for job in remaining:
+      pending.append(pool.apply_async(_prepare_clip, (job,)))
+      if len(pending) >= 2 * num_workers:
+        break
+    while pending:
+      result = pending.popleft().get()
+      job = next(remaining, None)
+      if job is not None:
+        pending.append(pool.apply_async(_prepare_clip, (job,)))
+      yield result
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def _resolve(overrides: dict) -> tuple[dict, dict]:
+  unknown = set(overrides) - set(CONTENT_DEFAULTS) - set(RUN_DEFAULTS)
+  if unknown:
+    raise TypeError(f'build() got unknown settings {sorted(unknown)}.')
+  settings = {k: overrides.get(k, v) for k, v in CONTENT_DEFAULTS.items()}
+  options = {k: overrides.get(k, v) for k, v in RUN_DEFAULTS.items()}
+  settings['fps'] = float(settings['fps'])
+  settings['min_audio_seconds'] = float(settings['min_audio_seconds'])
+  settings['max_clips'] = settings['max_clips'] or None
+  settings['num_shards'] = settings['num_shards'] or None
+  if settings['on_no_face'] not in ('skip', 'center_crop'):
+    raise BuildError(f"--on_no_face={settings['on_no_face']!r} is not one of 'skip', 'center_crop'.")
+  if settings['fps'] <= 0 or settings['image_size'] < 32 or settings['detect_width'] < 32:
+    raise BuildError('--fps must be positive and --image_size and --detect_width at least 32 (VGG16 needs 32x32).')
+  if options['num_workers'] is None:
+    options['num_workers'] = os.cpu_count() or 1
+  if not 0 <= options['task_index'] < options['num_tasks']:
+    raise BuildError(f'--task_index={options["task_index"]} must be in [0, --num_tasks={options["num_tasks"]}).')
+  if options['overwrite'] and options['num_tasks'] > 1:
+    raise BuildError(
+      "--overwrite with --num_tasks > 1 would let tasks delete each other's shards; "
+      'delete the output dir once (or run one task with --overwrite --max_clips=... first), then fan out.'
+    )
+  return settings, options
+
+
+def _check_output_dir(output_dir: str) -> None:
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+    probe = os.path.join(output_dir, write_lib.TMP_PREFIX + f'write-probe-{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as err:
+    raise BuildError(f'Cannot write to --output_dir={output_dir}: {err.strerror or err}.') from err
+
+
+def _load_extractors(settings: dict, cache_dir: str | None):
+  from data_prep import extractors
+
+  try:
+    vgg16 = extractors.VGG16Embedder(
+      weights=settings['vgg16_weights'], image_size=settings['image_size'], seed=settings['extractor_seed']
+    )
+    vggish = extractors.VGGishEmbedder(
+      handle=settings['vggish_handle'], cache_dir=cache_dir, seed=settings['extractor_seed']
+    )
+  except extractors.ExtractorError as err:
+    raise BuildError(str(err)) from err
+  return vgg16, vggish
+
+
+def _own_peak_rss_mb() -> float:
+  """Peak resident memory of this process in MB.
+
+  /proc's VmHWM rather than ru_maxrss: a spawned worker's ru_maxrss starts at its parent's
+  (TensorFlow-sized) footprint from before the exec.
+  """
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def build(input_dir: str, output_dir: str, **overrides) -> dict:
+  """Builds (or resumes) the TFRecord dataset; see the module docstring.
+
+  Args:
+    input_dir: root of an unpacked RAVDESS tree.
+    output_dir: where shards and dataset_info.json go (created if needed).
+    **overrides: any of `CONTENT_DEFAULTS` (what is written) and `RUN_DEFAULTS`
+      (num_workers, cache_dir, task_index, num_tasks, overwrite, merge_only, progress).
+
+  Returns:
+    The dataset info (what dataset_info.json holds) plus a 'run' section with this
+    run's timings. When other tasks' shards are still missing: {'complete': False,
+    'missing_shards': [...], 'run': ...} and no dataset_info.json yet.
+
+  Raises:
+    BuildError: a whole-run problem (one clear sentence).
+    write.SettingsMismatchError: `output_dir` holds a build with other settings.
+  """
+  run_start = time.perf_counter()
+  settings, options = _resolve(overrides)
+  if not os.path.isdir(input_dir):
+    raise BuildError(f'--input_dir={input_dir} does not exist or is not a directory.')
+  input_dir = os.path.abspath(input_dir)
+  _check_output_dir(output_dir)
+  if options['overwrite']:
+    write_lib.remove_outputs(output_dir)
+
+  clips, discovery_skipped, filtered = discover_lib.discover(
+    input_dir, include_song=settings['include_song'], include_calm=settings['include_calm']
+  )
+  if not clips:
+    raise BuildError(
+      f'No usable RAVDESS clips under --input_dir={input_dir} ({len(discovery_skipped)} media files skipped, '
+      f'{sum(filtered.values())} filtered out as song/calm); expected files like Actor_01/01-01-03-01-01-01-01.mp4.'
+    )
+  clips = discover_lib.select_evenly(clips, settings['max_clips'])
+  if settings['num_shards'] is None:
+    settings['num_shards'] = math.ceil(len(clips) / DEFAULT_CLIPS_PER_SHARD)
+  num_shards = settings['num_shards']
+  manifest = {
+    'schema_version': schema.SCHEMA_VERSION,
+    'settings': settings,
+    'input': {'num_clips': len(clips), 'clips_sha256': discover_lib.fingerprint(clips)},
+  }
+  write_lib.check_manifest(output_dir, manifest, what=('settings', 'input'))
+
+  missing = [k for k in range(num_shards) if not write_lib.is_complete(output_dir, k, num_shards)]
+  info_path = os.path.join(output_dir, schema.DATASET_INFO)
+  if missing and os.path.exists(info_path):
+    os.remove(info_path)  # It would describe shards that are gone.
+  to_build = [k for k in missing if k % options['num_tasks'] == options['task_index']]
+
+  counters = {
+    'processed': 0,
+    'written': 0,
+    'frames': 0,
+    'stage_seconds': dict.fromkeys(STAGES, 0.0),
+    'worker_peak_rss_mb': 0.0,
+  }
+  loop_seconds = 0.0
+  if options['merge_only']:
+    if missing:
+      raise BuildError(
+        f'--merge_only needs every shard, but {len(missing)} of {num_shards} are missing or incomplete '
+        f'(first: {schema.shard_name(missing[0], num_shards)}); run the tasks that build them.'
+      )
+    to_build = []
+
+  if to_build:
+    vgg16, vggish = _load_extractors(settings, options['cache_dir'])
+    manifest['extractors'] = {'vgg16': vgg16.identity, 'vggish': vggish.identity}
+    write_lib.check_manifest(output_dir, manifest, what=('extractors',))
+    settings_path = os.path.join(output_dir, write_lib.SETTINGS_FILE)
+    if not os.path.exists(settings_path):
+      write_lib.write_json_atomic(settings_path, manifest)
+
+    shard_clips = {k: clips[k::num_shards] for k in to_build}  # Clip i -> shard i % num_shards.
+    jobs = [
+      _Job(input_dir, clip, settings['fps'], settings['image_size'], settings['rgb'], settings['min_audio_seconds'])
+      for k in to_build
+      for clip in shard_clips[k]
+    ]
+    from tqdm import auto as tqdm
+
+    loop_start = time.perf_counter()
+    progress = tqdm.tqdm(total=len(jobs), unit='clip', disable=not options['progress'], desc='clips', smoothing=0.1)
+    detector_args = (settings['detect_width'], settings['min_face_fraction'])
+    stream = _prepared_stream(jobs, options['num_workers'], detector_args)
+    try:
+      _run_shards(to_build, shard_clips, stream, progress, output_dir, num_shards, settings, vgg16, vggish, counters)
+    finally:
+      stream.close()  # Stops the worker pool, also after an error or Ctrl-C.
+      progress.close()
+    loop_seconds = time.perf_counter() - loop_start
+
+  wall_seconds = time.perf_counter() - run_start
+  run = {
+    'task_index': options['task_index'],
+    'num_tasks': options['num_tasks'],
+    'num_workers': options['num_workers'],
+    'shards_built': len(to_build),
+    'shards_kept': num_shards - len(missing),
+    'clips_processed': counters['processed'],
+    'clips_written': counters['written'],
+    'frames_written': counters['frames'],
+    'wall_seconds': wall_seconds,
+    'processing_seconds': loop_seconds,
+    'clips_per_second': counters['processed'] / wall_seconds,
+    'frames_per_second': counters['frames'] / wall_seconds,
+    'stage_seconds': counters['stage_seconds'],
+    'peak_rss_mb': _own_peak_rss_mb(),
+    'worker_peak_rss_mb': counters['worker_peak_rss_mb'],
+  }
+  missing = [k for k in range(num_shards) if not write_lib.is_complete(output_dir, k, num_shards)]
+  if missing:
+    return {'complete': False, 'missing_shards': [schema.shard_name(k, num_shards) for k in missing], 'run': run}
+  if 'extractors' not in manifest:  # Nothing built in this run: the identities are on record.
+    found = write_lib.existing_manifest(output_dir)
+    manifest['extractors'] = found[1].get('extractors', {}) if found else {}
+  info = write_lib.merge_dataset_info(
+    output_dir, num_shards, manifest=manifest, discovery_skipped=discovery_skipped, filtered=filtered
+  )
+  info['run'] = run
+  write_lib.write_json_atomic(info_path, info)
+  return info
+
+
+def _run_shards(to_build, shard_clips, stream, progress, output_dir, num_shards, settings, vgg16, vggish, counters):
+  """Consumes prepared clips in order, shard by shard; a shard is committed when its last clip is in."""
+  stage_seconds = counters['stage_seconds']
+  start = time.perf_counter()
+  for k in to_build:
+    with write_lib.ShardWriter(output_dir, k, num_shards) as shard:
+      for _ in shard_clips[k]:
+        prepared = next(stream)
+        counters['worker_peak_rss_mb'] = max(counters['worker_peak_rss_mb'], prepared.peak_rss_mb)
+        for stage, seconds in prepared.timings.items():
+          stage_seconds[stage] += seconds
+        frames = _embed_and_write(prepared, shard, settings, vgg16, vggish, stage_seconds)
+        counters['processed'] += 1
+        counters['written'] += frames > 0
+        counters['frames'] += frames
+        progress.update(1)
+        frames_per_second = counters['frames'] / max(time.perf_counter() - start, 1e-9)
+        progress.set_postfix(
+          frames_per_s=f'{frames_per_second:.0f}', skipped=counters['processed'] - counters['written']
+        )
+      shard.commit()
+
+
+def _embed_and_write(prepared: _Prepared, shard, settings: dict, vgg16, vggish, stage_seconds: dict) -> int:
+  """Main-process stage: CNNs, serialisation, write. Returns the frames written (0: skipped)."""
+  clip = prepared.clip
+  if prepared.error is not None:
+    shard.skip(prepared.error)
+    return 0
+  faces = prepared.faces
+  if not faces.face_found and settings['on_no_face'] == 'skip':
+    shard.skip(
+      {
+        'path': clip.video_source,
+        'reason': f'{clip.video_source}: no face detected in any frame (--on_no_face=center_crop keeps such clips).',
+        'kind': 'no face',
+      }
+    )
+    return 0
+
+  start = time.perf_counter()
+  distinct_embedding = vgg16(faces.crops)  # [num_distinct, 512]
+  visual_embedding = np.asarray(distinct_embedding)[faces.frame_index]  # [num_frames, 512]
+  stage_seconds['vgg16'] += time.perf_counter() - start
+
+  start = time.perf_counter()
+  audio_embedding = np.asarray(vggish(prepared.waveform))  # [num_audio_frames, 128]
+  stage_seconds['vggish'] += time.perf_counter() - start
+  if audio_embedding.shape[0] == 0:
+    shard.skip({'path': clip.audio_source, 'reason': f'{clip.audio_source}: VGGish gave no rows.', 'kind': 'audio'})
+    return 0
+
+  start = time.perf_counter()
+  context = write_lib.make_context(
+    clip,
+    fps=settings['fps'],
+    num_frames=faces.num_frames,
+    num_audio_frames=audio_embedding.shape[0],
+    face_detected_frames=faces.face_detected_frames,
+  )
+  serialized = schema.to_sequence_example(context, visual_embedding, audio_embedding)
+  shard.write(serialized, write_lib.clip_summary(context, face_found=faces.face_found))
+  stage_seconds['write'] += time.perf_counter() - start
+  return faces.num_frames
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def summary_lines(info: dict, output_dir: str) -> list:
+  """The closing summary, as lines of text."""
+  run = info['run']
+  stages = ', '.join(f'{k} {v:.1f}' for k, v in run['stage_seconds'].items())
+  lines = []
+  if info.get('complete') is False:
+    lines.append(
+      f'Task {run["task_index"]}/{run["num_tasks"]}: built {run["shards_built"]} shards; '
+      f'{len(info["missing_shards"])} shards of other tasks are still missing, so {schema.DATASET_INFO} is not '
+      'written yet (the last task writes it, or run again with --merge_only).'
+    )
+  else:
+    lines.append(
+      f'Wrote {info["num_clips"]} clips in {info["num_shards"]} shards to {output_dir} '
+      f'({run["shards_built"]} built now, {run["shards_kept"]} kept from an earlier run); see {schema.DATASET_INFO}.'
+    )
+    by_kind = ', '.join(f'{n} {kind}' for kind, n in info['skipped_by_kind'].items()) or 'none'
+    lines.append(f'Skipped: {info["num_skipped"]} ({by_kind}). Filtered out: {info["filtered"]}.')
+    lines.append(
+      f'Face detection rate: {100 * info["face_detection_rate"]:.1f}% of {info["num_frames"]} frames; '
+      f'{len(info["no_face_clips"])} clips kept with centre crops.'
+    )
+  lines.append(
+    f'This run: {run["clips_processed"]} clips in {run["wall_seconds"]:.1f} s '
+    f'({run["clips_per_second"]:.2f} clips/s, {run["frames_per_second"]:.0f} frames/s, '
+    f'{run["num_workers"]} workers; peak RSS {run["peak_rss_mb"]:.0f} MB main, '
+    f'{run["worker_peak_rss_mb"]:.0f} MB per worker).'
+  )
+  lines.append(f'Seconds per stage (decode/face/audio summed over workers): {stages}.')
+  return lines
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string('input_dir', None, 'Root of the unpacked RAVDESS tree (any nesting).')
+  flags.DEFINE_string('output_dir', None, 'Where the shards and dataset_info.json go.')
+  flags.DEFINE_float('fps', CONTENT_DEFAULTS['fps'], 'Target frame rate (the thesis: 45).')
+  flags.DEFINE_integer('image_size', CONTENT_DEFAULTS['image_size'], 'Face crop side in pixels (the thesis: 48).')
+  flags.DEFINE_integer('detect_width', CONTENT_DEFAULTS['detect_width'], 'Face detection runs at most this wide.')
+  flags.DEFINE_float(
+    'min_face_fraction', CONTENT_DEFAULTS['min_face_fraction'], 'Smallest face searched, fraction of detect width.'
+  )
+  flags.DEFINE_boolean('rgb', CONTENT_DEFAULTS['rgb'], 'Colour crops instead of grayscale copied to 3 channels.')
+  flags.DEFINE_float('min_audio_seconds', CONTENT_DEFAULTS['min_audio_seconds'], 'Zero-pad audio to this length.')
+  flags.DEFINE_string('vgg16_weights', CONTENT_DEFAULTS['vgg16_weights'], "'imagenet', a weights file, or 'random'.")
+  flags.DEFINE_string(
+    'vggish_handle', CONTENT_DEFAULTS['vggish_handle'], "TF-Hub handle, a local SavedModel dir, or 'random'."
+  )
+  flags.DEFINE_integer('extractor_seed', CONTENT_DEFAULTS['extractor_seed'], "Seed of the 'random' stand-ins.")
+  flags.DEFINE_string('cache_dir', None, "Where the 'random' VGGish stand-in SavedModel is cached.")
+  flags.DEFINE_boolean('include_song', False, 'Keep song clips (vocal channel 02).')
+  flags.DEFINE_boolean('include_calm', False, 'Keep calm clips (not one of the 7 classes; label -1).')
+  flags.DEFINE_enum('on_no_face', 'skip', ['skip', 'center_crop'], 'Clips with no face in any frame.')
+  flags.DEFINE_integer('num_shards', None, f'Shards; default ceil(clips / {DEFAULT_CLIPS_PER_SHARD}).')
+  flags.DEFINE_integer('num_workers', None, 'Decode/face/audio processes; default one per CPU core; 0: in-process.')
+  flags.DEFINE_integer('max_clips', None, 'Smoke run: this many clips spread evenly over the sorted list.')
+  flags.DEFINE_integer('task_index', 0, 'This task builds shards with index % num_tasks == task_index.')
+  flags.DEFINE_integer('num_tasks', 1, 'Number of tasks sharing --output_dir.')
+  flags.DEFINE_boolean('overwrite', False, 'Delete the previous outputs in --output_dir first.')
+  flags.DEFINE_boolean('merge_only', False, 'Only write dataset_info.json from complete shards (after --num_tasks).')
+  flags.DEFINE_boolean('progress', True, 'Show a progress bar.')
+  flags.mark_flags_as_required(['input_dir', 'output_dir'])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines would bury the progress bar.
+  overrides = {k: FLAGS[k].value for k in list(CONTENT_DEFAULTS) + list(RUN_DEFAULTS)}
+  try:
+    info = build(FLAGS.input_dir, FLAGS.output_dir, **overrides)
+  except (BuildError, write_lib.SettingsMismatchError) as err:
+    print(f'build_tfrecords: error: {err}', file=sys.stderr)
+    sys.exit(1)
+  print('\n'.join(summary_lines(info, FLAGS.output_dir)))
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
