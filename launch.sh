@@ -7,8 +7,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cd "$ROOT"
 PYTHON_BIN="${PYTHON:-python3}"
+# Paths given to a verb are relative to where it is run; only config files may also be
+# named relative to the repository (configs/stack.py works from anywhere).
 
 usage() {
   cat <<'EOF'
@@ -28,31 +29,44 @@ usage: ./launch.sh VERB [ARGS...]
   tensorboard WORKDIR           serve WORKDIR's TensorBoard logs on port 6006
   install                       only install (idempotent)
 
-Multi-host (GPU or TPU slice): start `./launch.sh train ...` once per host with the same
-arguments and JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i set
-(on Cloud TPU nothing needs setting: jax.distributed discovers the slice).
+Multi-host (GPU or TPU slice): start the same `./launch.sh train CONFIG WORKDIR --multihost`
+on every host; jax.distributed finds the slice on Cloud TPU, SLURM and Open MPI, elsewhere
+set JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i on each host.
 EOF
 }
 
 ensure_installed() {
   if [[ -z "${VIRTUAL_ENV:-}" && -z "${CONDA_PREFIX:-}" ]]; then
-    if [[ ! -x .venv/bin/python ]]; then
-      echo "[emojax] creating .venv with $("$PYTHON_BIN" --version)"
-      "$PYTHON_BIN" -m venv .venv
+    if [[ ! -x "$ROOT/.venv/bin/python" ]]; then
+      if ! "$PYTHON_BIN" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+        echo "launch.sh: emojax needs Python 3.11 ('$PYTHON_BIN' is $("$PYTHON_BIN" --version 2>&1)); set PYTHON=python3.11." >&2
+        exit 1
+      fi
+      echo "[emojax] creating $ROOT/.venv with $("$PYTHON_BIN" --version)"
+      "$PYTHON_BIN" -m venv "$ROOT/.venv"
     fi
     # shellcheck disable=SC1091
-    source .venv/bin/activate
+    source "$ROOT/.venv/bin/activate"
   fi
-  local stamp_dir="${VIRTUAL_ENV:-${CONDA_PREFIX:-.venv}}"
-  local stamp="$stamp_dir/.emojax-installed"
+  local stamp="${VIRTUAL_ENV:-$CONDA_PREFIX}/.emojax-installed"
   local want
-  want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $ROOT"
+  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT"
   if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "[emojax] installing emojax and its dependencies (first run: a few minutes)"
     python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet -e ".[test]"
+    python -m pip install --quiet -e "$ROOT[test]"
     echo "$want" >"$stamp"
   fi
+}
+
+# A config file as given, else the same path inside the repository (keeps a ':arg' suffix).
+config_path() {
+  local file="${1%%:*}" suffix=""
+  [[ "$1" == *:* ]] && suffix=":${1#*:}"
+  if [[ ! -f "$file" && -f "$ROOT/$file" ]]; then
+    file="$ROOT/$file"
+  fi
+  echo "$file$suffix"
 }
 
 # The demo: the same steps a user runs on real RAVDESS, on synthetic clips and untrained
@@ -66,10 +80,10 @@ run_demo() {
       --width=320 --height=240 --seconds=2.5 --seed=0
     touch "$demo_dir/clips/.complete"
   fi
-  python data_prep/build_tfrecords.py --input_dir="$demo_dir/clips" \
+  python "$ROOT/data_prep/build_tfrecords.py" --input_dir="$demo_dir/clips" \
     --output_dir="$demo_dir/tfrecords" --vgg16_weights=random --vggish_handle=random \
     --cache_dir="$demo_dir/cache"
-  python -m emojax.main --config=configs/stack.py:demo --workdir="$demo_dir/workdir" \
+  python -m emojax.main --config="$ROOT/configs/stack.py:demo" --workdir="$demo_dir/workdir" \
     --config.data.dir="$demo_dir/tfrecords" "$@"
   echo
   echo "[emojax] demo finished in $((SECONDS - start)) s."
@@ -92,6 +106,7 @@ case "$verb" in
     ;;
   test)
     ensure_installed
+    cd "$ROOT"
     exec python -m pytest -q "$@"
     ;;
   demo)
@@ -102,19 +117,23 @@ case "$verb" in
     [[ $# -ge 2 ]] || { usage; exit 2; }
     ensure_installed
     input_dir="$1"; output_dir="$2"; shift 2
-    exec python data_prep/build_tfrecords.py --input_dir="$input_dir" --output_dir="$output_dir" "$@"
+    exec python "$ROOT/data_prep/build_tfrecords.py" --input_dir="$input_dir" --output_dir="$output_dir" "$@"
     ;;
   train)
     [[ $# -ge 2 ]] || { usage; exit 2; }
     ensure_installed
     config="$1"; workdir="$2"; shift 2
-    exec python -m emojax.main --config="$config" --workdir="$workdir" "$@"
+    exec python -m emojax.main --config="$(config_path "$config")" --workdir="$workdir" "$@"
     ;;
   eval)
     [[ $# -ge 1 ]] || { usage; exit 2; }
     ensure_installed
     workdir="$1"; shift
-    exec python -m emojax.main --config="configs/from_workdir.py:$workdir" --workdir="$workdir" \
+    if [[ ! -f "$workdir/config.json" ]]; then
+      echo "launch.sh: $workdir/config.json does not exist: pass the workdir of a training run." >&2
+      exit 1
+    fi
+    exec python -m emojax.main --config="$ROOT/configs/from_workdir.py:$workdir" --workdir="$workdir" \
       --config.mode=eval "$@"
     ;;
   tensorboard)

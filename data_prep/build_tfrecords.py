@@ -172,6 +172,10 @@ def _prepare_clip(job: _Job) -> _Prepared:
   except (ValueError, OSError) as err:
     result.error = {'path': clip.video_source, 'reason': relative_reason(err, clip.video_source), 'kind': 'video'}
     return result
+  except Exception as err:  # noqa: BLE001  An unforeseen decoder or OpenCV failure costs this clip, not the run.
+    reason = f'unexpected {type(err).__name__} while reading the video: {relative_reason(err, clip.video_source)}'
+    result.error = {'path': clip.video_source, 'reason': reason, 'kind': 'error'}
+    return result
   result.timings.update(result.faces.timings)
 
   start = time.perf_counter()
@@ -181,9 +185,30 @@ def _prepare_clip(job: _Job) -> _Prepared:
   except (ValueError, OSError) as err:
     result.faces = None
     result.error = {'path': clip.audio_source, 'reason': relative_reason(err, clip.audio_source), 'kind': 'audio'}
+  except Exception as err:  # noqa: BLE001  As above, for the audio decoder and resampler.
+    result.faces = None
+    reason = f'unexpected {type(err).__name__} while reading the audio: {relative_reason(err, clip.audio_source)}'
+    result.error = {'path': clip.audio_source, 'reason': reason, 'kind': 'error'}
   result.timings['audio'] = time.perf_counter() - start
   result.peak_rss_mb = _own_peak_rss_mb()
   return result
+
+
+def _check_face_detector(settings: dict) -> None:
+  """Loads the Haar cascade once in this process, so a broken OpenCV is one clear error.
+
+  Workers load their own copy in the pool initializer, where an exception would make
+  multiprocessing respawn workers forever instead of failing.
+  """
+  from data_prep import video
+
+  try:
+    video.FaceDetector(detect_width=settings['detect_width'], min_face_fraction=settings['min_face_fraction'])
+  except (AttributeError, RuntimeError) as err:
+    raise BuildError(
+      f'OpenCV cannot load the Haar face cascade ({err}); install opencv-python-headless<5 (OpenCV 5 has no '
+      'CascadeClassifier) and remove other OpenCV packages.'
+    ) from err
 
 
 def _prepared_stream(jobs: list, num_workers: int, detector_args: tuple):
@@ -227,7 +252,7 @@ def _resolve(overrides: dict) -> tuple[dict, dict]:
   if settings['fps'] <= 0 or settings['image_size'] < 32 or settings['detect_width'] < 32:
     raise BuildError('--fps must be positive and --image_size and --detect_width at least 32 (VGG16 needs 32x32).')
   if options['num_workers'] is None:
-    options['num_workers'] = os.cpu_count() or 1
+    options['num_workers'] = len(os.sched_getaffinity(0)) or 1  # The CPUs this process may use, not the host's.
   if not 0 <= options['task_index'] < options['num_tasks']:
     raise BuildError(f'--task_index={options["task_index"]} must be in [0, --num_tasks={options["num_tasks"]}).')
   if options['overwrite'] and options['num_tasks'] > 1:
@@ -307,6 +332,7 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
   if options['overwrite']:
     write_lib.remove_outputs(output_dir)
 
+  _check_face_detector(settings)
   clips, discovery_skipped, filtered = discover_lib.discover(
     input_dir, include_song=settings['include_song'], include_calm=settings['include_calm']
   )
@@ -365,7 +391,14 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
     from tqdm import auto as tqdm
 
     loop_start = time.perf_counter()
-    progress = tqdm.tqdm(total=len(jobs), unit='clip', disable=not options['progress'], desc='clips', smoothing=0.1)
+    progress = tqdm.tqdm(
+      total=len(jobs),
+      unit='clip',
+      disable=not options['progress'],
+      desc='clips',
+      smoothing=0.1,
+      mininterval=0.5 if sys.stderr.isatty() else 30,  # A log file gets a line every 30 s, not every clip.
+    )
     detector_args = (settings['detect_width'], settings['min_face_fraction'])
     stream = _prepared_stream(jobs, options['num_workers'], detector_args)
     try:

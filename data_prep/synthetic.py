@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import fractions
 import os
+import sys
 import time
 from collections.abc import Sequence
 
@@ -557,7 +558,10 @@ def generate(
   if max_clips is not None:
     names = names[:max_clips]
   paths = []
-  for name in tqdm.tqdm(names, desc='synthetic clips', unit='clip', disable=not progress):
+  bar = tqdm.tqdm(
+    names, desc='synthetic clips', unit='clip', disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 30
+  )
+  for name in bar:
     path = os.path.join(output_dir, f'Actor_{name.actor:02d}', name.filename())
     write_clip(
       path,

@@ -74,8 +74,12 @@ def check_dataset_info(info: dict, config, path: str = schema.DATASET_INFO) -> N
 
 def uses_stand_in_extractors(info: dict) -> bool:
   """Whether the embeddings come from stand-ins (data_prep's 'random' extractors, fake_records)."""
-  text = json.dumps(info.get('extractors', {})).lower()
-  return bool(info.get('fake')) or 'random' in text or 'fake' in text
+  extractors = info.get('extractors') or {}
+  return (
+    bool(info.get('fake'))
+    or extractors.get('vgg16', {}).get('weights') == 'random'
+    or extractors.get('vggish', {}).get('handle') == 'random'
+  )
 
 
 def _parse(serialized):
@@ -262,8 +266,10 @@ def make_partitions(clips: Split, config) -> dict[str, np.ndarray]:
     base, stack, test = _actor_partitions(clips, config.data.actor_split, np.random.default_rng([config.seed, 0]))
   else:
     raise ValueError(f"data.protocol must be 'random' or 'actor'; got {protocol!r}.")
-  if not 0 <= config.data.val_fraction < 1:
-    raise ValueError(f'data.val_fraction must be in [0, 1); got {config.data.val_fraction}.')
+  if not 0 < config.data.val_fraction < 1:
+    raise ValueError(
+      f'data.val_fraction must be in (0, 1): early stopping needs a validation part; got {config.data.val_fraction}.'
+    )
   val_rng = np.random.default_rng([config.seed, 1])
   base_train, base_val = _take_validation(base, labels, config.data.val_fraction, val_rng)
   stack_train, stack_val = _take_validation(stack, labels, config.data.val_fraction, val_rng)

@@ -14,6 +14,26 @@ import jax.numpy as jnp
 from emojax import ravdess
 
 
+def _mlp_classifier(
+  x: jnp.ndarray, hidden_sizes: Sequence[int], dropout_rate: float, num_classes: int, *, train: bool
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """ReLU Dense layers, each followed by dropout, then a Dense head; called inside a compact method.
+
+  Args:
+    x: [batch, features].
+
+  Returns:
+    logits [batch, num_classes] and the last hidden layer [batch, hidden_sizes[-1]], taken
+    before its dropout so the stacker's features do not depend on a dropout key.
+  """
+  for i, width in enumerate(hidden_sizes):
+    x = nn.relu(nn.Dense(width, name=f'hidden_{i}')(x))
+    penultimate = x
+    x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+  logits = nn.Dense(num_classes, name='head')(x)
+  return logits, penultimate
+
+
 class AudioMLP(nn.Module):
   """VGGish rows -> Dense 512 -> Dense 256 -> Dense 7 (thesis Table 1).
 
@@ -41,13 +61,7 @@ class AudioMLP(nn.Module):
     if missing_rows > 0:
       audio = jnp.pad(audio, ((0, 0), (0, missing_rows), (0, 0)))
     x = audio.reshape(audio.shape[0], -1)  # [batch, num_audio_frames * 128]
-    for i, width in enumerate(self.hidden_sizes):
-      x = nn.relu(nn.Dense(width, name=f'hidden_{i}')(x))
-      # Taken before dropout so the stacker's features do not depend on a dropout key.
-      penultimate = x
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, name='head')(x)
-    return logits, penultimate
+    return _mlp_classifier(x, self.hidden_sizes, self.dropout_rate, self.num_classes, train=train)
 
 
 class VisualLSTM(nn.Module):
@@ -114,12 +128,7 @@ class Stacker(nn.Module):
   def __call__(self, batch: dict, *, train: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Returns logits [batch, num_classes] and the last hidden layer [batch, hidden_sizes[-1]]."""
     x = jnp.asarray(batch['features'], jnp.float32)  # [batch, 356]
-    for i, width in enumerate(self.hidden_sizes):
-      x = nn.relu(nn.Dense(width, name=f'hidden_{i}')(x))
-      penultimate = x
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, name='head')(x)
-    return logits, penultimate
+    return _mlp_classifier(x, self.hidden_sizes, self.dropout_rate, self.num_classes, train=train)
 
 
 def build_model(name: str, model_config) -> nn.Module:

@@ -67,9 +67,11 @@ def to_sequence_example(context: dict, visual_embedding: np.ndarray, audio_embed
     feature[k] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
   def feature_list(rows, dim, key):
-    rows = np.asarray(rows, np.float32).reshape(-1, dim) if np.size(rows) else np.zeros((0, dim), np.float32)
-    if rows.shape[1] != dim:
-      raise ValueError(f'{key} has {rows.shape[1]} features per row, expected {dim}.')
+    rows = np.asarray(rows, np.float32)
+    if rows.size == 0:
+      rows = np.zeros((0, dim), np.float32)
+    if rows.ndim != 2 or rows.shape[1] != dim:
+      raise ValueError(f'{key} has shape {rows.shape}, expected [rows, {dim}].')
     return tf.train.FeatureList(feature=[tf.train.Feature(float_list=tf.train.FloatList(value=r)) for r in rows])
 
   example = tf.train.SequenceExample(

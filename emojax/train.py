@@ -329,6 +329,7 @@ def train_stage(config, name: str, workdir: str, train_split, val_split, mesh) -
       num_train_steps=config.num_epochs * steps_per_epoch, writer=writer, every_secs=config.log_every_secs
     )
     stopped_early = meta['bad_epochs'] >= config.patience
+    step = int(state.step)  # Counted on the host: reading state.step each step would wait for the device.
     for epoch in range(meta['epoch'] + 1, config.num_epochs + 1):
       if stopped_early:
         break
@@ -337,7 +338,8 @@ def train_stage(config, name: str, workdir: str, train_split, val_split, mesh) -
       for batch in _batches(train_split, config, MODEL_INPUTS[name], shuffle_seed=shuffle_seed, epoch=epoch):
         state, batch_metrics = train_fn(state, _to_device(batch, mesh), dropout_rng)
         train_metrics = batch_metrics if train_metrics is None else train_metrics.merge(batch_metrics)
-        report_progress(int(state.step))  # Every step: clu's periodic actions must not skip one (trap 10).
+        step += 1
+        report_progress(step)  # Every step: clu's periodic actions must not skip one (trap 10).
       train_computed = train_metrics.compute()
       with report_progress.timed('eval'):
         val = evaluate(state, val_split, config, name, mesh)
@@ -350,7 +352,6 @@ def train_stage(config, name: str, workdir: str, train_split, val_split, mesh) -
             f'checkpoint ({kept}) is kept in {manager.directory}. Lower --config.optimizer.learning_rate or '
             'check the data for NaN or infinite values.'
           )
-      step = int(state.step)
       scalars = {
         'train_loss': train_loss,
         'train_accuracy': float(train_computed['accuracy']),
@@ -454,13 +455,18 @@ def _check_partitions(workdir: str, config, clips, partitions, *, train: bool) -
     _write_json(path, {'protocol': config.data.protocol, 'seed': config.seed, 'clip_ids': current})
 
 
-def _stacker_split(states, clips, partitions, name, config, workdir, mesh, *, cache: bool) -> dict:
-  """356-D features of one partition from the frozen base models, cached in workdir/features/."""
+def _stacker_split(states, training, clips, partitions, name, config, workdir, mesh, *, cache: bool) -> dict:
+  """356-D features of one partition from the frozen base models, cached in workdir/features/.
+
+  The cache records which base checkpoints (best epoch and validation loss of each) made
+  it, so features of a base model that was retrained since are computed again.
+  """
   split = input_pipeline.take(clips, partitions[name])
   path = os.path.join(workdir, 'features', f'{name}.npz')
+  made_by = np.array([[training[base]['best_epoch'], training[base]['best_val_loss']] for base in BASE_MODELS])
   if cache and os.path.exists(path):
     with np.load(path) as saved:
-      if saved['clip_id'].tolist() == split['clip_id'].tolist():
+      if saved['clip_id'].tolist() == split['clip_id'].tolist() and np.array_equal(saved['made_by'], made_by):
         return {'features': saved['features'], 'label': saved['label'], 'clip_id': saved['clip_id']}
   features = np.concatenate(
     [penultimate_features(states[base], split, config, base, mesh) for base in BASE_MODELS], axis=1
@@ -469,7 +475,7 @@ def _stacker_split(states, clips, partitions, name, config, workdir, mesh, *, ca
   if cache and jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = path + '.tmp.npz'
-    np.savez(temporary, **result)
+    np.savez(temporary, made_by=made_by, **result)
     os.replace(temporary, path)
   return result
 
@@ -538,7 +544,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       results[name] = evaluate(states[name], test_split, config, name, mesh)
   if 'stacker' in config.models:
     features = {
-      name: _stacker_split(states, clips, partitions, name, config, workdir, mesh, cache=train)
+      name: _stacker_split(states, training, clips, partitions, name, config, workdir, mesh, cache=train)
       for name in ('stack_train', 'stack_val', 'test')
     }
     if config.data.standardize:

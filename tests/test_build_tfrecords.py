@@ -5,6 +5,7 @@ One build per session (a dozen tiny clips, bad inputs among them, the offline
 copies or on smaller inputs.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -67,6 +68,14 @@ def _make_input(root):
   good = synthetic.generate(
     str(root), num_actors=2, width=WIDTH, height=HEIGHT, seconds=SECONDS, max_clips=NUM_GENERATED
   )
+  # generate() starts with the first take of each emotion; two other takes make every field vary.
+  for i, (intensity, statement, repetition) in ((5, (2, 2, 2)), (6, (2, 1, 2))):
+    name = dataclasses.replace(
+      ravdess.parse_name(good[i]), intensity=intensity, statement=statement, repetition=repetition
+    )
+    renamed = os.path.join(os.path.dirname(good[i]), name.filename())
+    os.rename(good[i], renamed)
+    good[i] = renamed
   with open(good[0], 'rb') as f:
     good_bytes = f.read()
   os.makedirs(root / 'Actor_03')
@@ -131,6 +140,8 @@ def test_every_context_field_matches_the_file_name(built, records):
   }  # calm is filtered out
   assert {c['clip_id'] for c, _ in all_records} == expected_ids
   assert len(all_records) == len(expected_ids) == 8
+  takes = {(c['intensity'], c['statement'], c['repetition']) for c, _ in all_records}
+  assert {(1, 1, 1), (2, 2, 2), (2, 1, 2)} <= takes
   for context, _ in all_records:
     name = ravdess.parse_name(context['video_source'])
     assert context['video_source'] == f'Actor_{name.actor:02d}/{name.filename()}'
@@ -140,7 +151,11 @@ def test_every_context_field_matches_the_file_name(built, records):
     assert context['emotion_code'] == name.emotion_code
     assert context['actor'] == name.actor
     assert context['gender'] == (0 if name.actor % 2 else 1)
-    assert (context['intensity'], context['statement'], context['repetition']) == (1, 1, 1)
+    assert (context['intensity'], context['statement'], context['repetition']) == (
+      name.intensity,
+      name.statement,
+      name.repetition,
+    )
     assert context['vocal_channel'] == 1
     assert context['fps'] == pytest.approx(45.0)
 
@@ -292,3 +307,12 @@ def test_cli_missing_input_dir_exits_1_with_one_line(tmp_path):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and 'does not exist' in lines[0] and 'nowhere' in lines[0]
   assert 'Traceback' not in result.stderr
+
+
+def test_broken_opencv_is_one_clear_error_before_any_worker_starts(built, cache_dir, tmp_path, monkeypatch):
+  def no_cascade(**_):
+    raise AttributeError("module 'cv2' has no attribute 'CascadeClassifier'")
+
+  monkeypatch.setattr(video, 'FaceDetector', no_cascade)
+  with pytest.raises(build_tfrecords.BuildError, match='opencv-python-headless<5'):
+    build_tfrecords.build(str(built['input_dir']), str(tmp_path / 'out'), **_settings(cache_dir, num_workers=2))

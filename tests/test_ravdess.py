@@ -65,3 +65,12 @@ def test_sequence_example_round_trip():
   np.testing.assert_array_equal(sequences[schema.AUDIO_KEY].numpy(), audio)
   with pytest.raises(ValueError, match='missing fields'):
     schema.to_sequence_example({'label': 1}, visual, audio)
+
+
+def test_sequence_example_rejects_rows_of_the_wrong_width():
+  context = dict.fromkeys(schema.INT_CONTEXT, 1) | dict.fromkeys(schema.FLOAT_CONTEXT, 45.0)
+  context |= dict.fromkeys(schema.BYTES_CONTEXT, 'x')
+  good_audio = np.zeros((5, schema.AUDIO_DIM), np.float32)
+  with pytest.raises(ValueError, match=r'visual_embedding has shape \(4, 256\)'):
+    schema.to_sequence_example(context, np.zeros((4, 256), np.float32), good_audio)
+  schema.to_sequence_example(context, np.zeros((0, schema.VISUAL_DIM), np.float32), good_audio)  # No frames is valid.

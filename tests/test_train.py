@@ -185,3 +185,22 @@ def test_one_step_changes_every_parameter(name, data_dir):
   assert all(jax.tree.leaves(changed)), changed
   assert int(new_state.step) == 1
   assert np.isfinite(float(batch_metrics.compute()['loss']))
+
+
+def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+  config = tiny_config(data_dir, models=('audio',), num_epochs=4, patience=4)
+  real_evaluate = train.evaluate
+  calls = []
+
+  def evaluate_with_nan_from_epoch_two(*args, **kwargs):
+    result = real_evaluate(*args, **kwargs)
+    calls.append(result)
+    return dict(result, loss=float('nan')) if len(calls) >= 2 else result
+
+  monkeypatch.setattr(train, 'evaluate', evaluate_with_nan_from_epoch_two)
+  with pytest.raises(FloatingPointError, match=r'validation loss is nan in epoch 2.*\(epoch 1\) is kept'):
+    train.train_and_evaluate(config, str(tmp_path))
+  with train._checkpoint_manager(str(tmp_path / 'audio'), read_only=True) as manager:
+    assert manager.all_steps() == [1]
+    meta = manager.restore(1, args=train.ocp.args.Composite(meta=train.ocp.args.JsonRestore()))['meta']
+  assert calls[0]['loss'] == pytest.approx(meta['best_val_loss'])

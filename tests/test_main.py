@@ -1,0 +1,63 @@
+"""The command line as users run it: config files, overrides, eval from a workdir, errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from emojax import fake_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, cwd):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
+  return subprocess.run(
+    [sys.executable, '-m', 'emojax.main', *args],
+    check=False,
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return fake_records.write_fake_dataset(
+    str(tmp_path_factory.mktemp('data')), num_actors=4, clips_per_actor=28, min_frames=4, max_frames=16
+  )
+
+
+def test_train_then_eval_from_the_workdir_config(data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  overrides = ['--config.num_epochs=2', f'--config.data.dir={data_dir}', '--config.data.max_frames=16']
+  # Run from outside the repository: the config path and the package must not depend on the cwd.
+  trained = _run(f'--config={REPO}/configs/audio.py:smoke', f'--workdir={workdir}', *overrides, cwd=str(tmp_path))
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert 'audio' in trained.stdout and 'test acc' in trained.stdout
+  with open(os.path.join(workdir, 'report.json')) as f:
+    report = f.read()
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert '"num_epochs": 2' in f.read()  # The overrides were applied and saved.
+
+  os.remove(os.path.join(workdir, 'report.json'))
+  evaluated = _run(
+    f'--config={REPO}/configs/from_workdir.py:{workdir}', f'--workdir={workdir}', '--config.mode=eval', cwd=REPO
+  )
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  with open(os.path.join(workdir, 'report.json')) as f:
+    assert f.read() == report
+
+
+def test_a_wrong_data_path_is_one_line_naming_it(tmp_path):
+  missing = str(tmp_path / 'no-such-dir')
+  result = _run(
+    '--config=configs/stack.py:smoke', f'--workdir={tmp_path}/run', f'--config.data.dir={missing}', cwd=REPO
+  )
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines() if line.startswith('emojax: error:')]
+  assert len(errors) == 1 and missing in errors[0]
+  assert 'Traceback' not in result.stderr
