@@ -13,6 +13,7 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID). Every process re
 (small) dataset and feeds its slice of each global batch; process 0 writes the reports.
 """
 
+import logging as std_logging
 import sys
 
 import jax
@@ -31,9 +32,17 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _OrbaxInfoFilter(std_logging.Filter):
+  """Drops orbax's INFO lines (a dozen per checkpoint save) so our own per-epoch lines stay readable."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  logging.get_absl_handler().addFilter(_OrbaxInfoFilter())
   # TensorFlow only parses records; without this it would reserve GPU memory JAX needs.
   tf.config.set_visible_devices([], 'GPU')
   if FLAGS.multihost:
