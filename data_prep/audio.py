@@ -16,6 +16,9 @@ import resampy
 import soundfile
 
 VGGISH_SAMPLE_RATE = 16000
+# The public TF-Hub VGGish. Defined here, in a TensorFlow-free module, so the CLI and its
+# worker processes can name it without importing TensorFlow.
+DEFAULT_VGGISH_HANDLE = 'https://tfhub.dev/google/vggish/1'
 
 # Read with soundfile; anything else (mp4, m4a, ...) goes through PyAV.
 _SOUNDFILE_EXTENSIONS = ('.wav', '.flac', '.ogg')

@@ -61,6 +61,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
+from data_prep import audio as audio_lib
 from data_prep import discover as discover_lib
 from data_prep import write as write_lib
 from emojax import schema
@@ -70,8 +71,6 @@ from emojax import schema
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 DEFAULT_CLIPS_PER_SHARD = 64
-# The public TF-Hub VGGish; must equal `data_prep.extractors.DEFAULT_VGGISH_HANDLE` (a test checks).
-DEFAULT_VGGISH_HANDLE = 'https://tfhub.dev/google/vggish/1'
 
 # Settings that change what is written; they are recorded and must match on resume.
 CONTENT_DEFAULTS = {
@@ -84,7 +83,7 @@ CONTENT_DEFAULTS = {
   'rgb': False,
   'min_audio_seconds': 5.0,
   'vgg16_weights': 'imagenet',
-  'vggish_handle': DEFAULT_VGGISH_HANDLE,
+  'vggish_handle': audio_lib.DEFAULT_VGGISH_HANDLE,
   'extractor_seed': 0,
   'include_song': False,
   'include_calm': False,
@@ -151,7 +150,7 @@ def _init_worker(detect_width: int, min_face_fraction: float) -> None:
 
 def _prepare_clip(job: _Job) -> _Prepared:
   """Worker stage: decode + face crops, read + resample audio. No TensorFlow here."""
-  from data_prep import audio, video
+  from data_prep import video
 
   clip = job.clip
   result = _Prepared(clip=clip)
@@ -180,8 +179,8 @@ def _prepare_clip(job: _Job) -> _Prepared:
 
   start = time.perf_counter()
   try:
-    waveform, sample_rate = audio.read_audio(os.path.join(job.input_dir, clip.audio_source))
-    result.waveform = audio.prepare_waveform(waveform, sample_rate, min_seconds=job.min_audio_seconds)
+    waveform, sample_rate = audio_lib.read_audio(os.path.join(job.input_dir, clip.audio_source))
+    result.waveform = audio_lib.prepare_waveform(waveform, sample_rate, min_seconds=job.min_audio_seconds)
   except (ValueError, OSError) as err:
     result.faces = None
     result.error = {'path': clip.audio_source, 'reason': relative_reason(err, clip.audio_source), 'kind': 'audio'}

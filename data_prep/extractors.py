@@ -21,7 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-DEFAULT_VGGISH_HANDLE = 'https://tfhub.dev/google/vggish/1'
+from data_prep.audio import DEFAULT_VGGISH_HANDLE
+
 VGG16_DIM = 512
 VGGISH_DIM = 128
 

@@ -283,12 +283,6 @@ def test_multi_task_and_center_crop_for_faceless_clips(built, cache_dir, tmp_pat
   assert faceless['video_source'] == NO_FACE and faceless['audio_source'] == NO_FACE_WAV
 
 
-def test_vggish_default_handle_matches_extractors():
-  from data_prep import extractors
-
-  assert build_tfrecords.DEFAULT_VGGISH_HANDLE == extractors.DEFAULT_VGGISH_HANDLE
-
-
 def test_cli_missing_input_dir_exits_1_with_one_line(tmp_path):
   result = subprocess.run(
     [
