@@ -326,7 +326,10 @@ def train_stage(config, name: str, workdir: str, train_split, val_split, mesh) -
       logging.info("Stage '%s': resuming after epoch %d (step %d).", name, meta['epoch'], int(state.step))
 
     report_progress = periodic_actions.ReportProgress(
-      num_train_steps=config.num_epochs * steps_per_epoch, writer=writer, every_secs=config.log_every_secs
+      num_train_steps=config.num_epochs * steps_per_epoch,
+      writer=writer,
+      every_steps=steps_per_epoch,  # At least once an epoch, so short stages get steps/s too.
+      every_secs=config.log_every_secs,
     )
     stopped_early = meta['bad_epochs'] >= config.patience
     step = int(state.step)  # Counted on the host: reading state.step each step would wait for the device.

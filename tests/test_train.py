@@ -73,7 +73,7 @@ def test_stacking_end_to_end_beats_chance_and_writes_report(trained):
     tags = set()
     for path in glob.glob(os.path.join(workdir, name, 'events.out.tfevents.*')):
       tags |= {value.tag for event in tf.compat.v1.train.summary_iterator(path) for value in event.summary.value}
-    expected = {'train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'test_accuracy'}
+    expected = {'train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'test_accuracy', 'steps_per_sec'}
     expected |= {'val_confusion_matrix', 'test_confusion_matrix', '_hparams_/session_start_info'}
     assert expected <= tags, (name, tags)
     assert os.path.exists(os.path.join(workdir, name, train.DONE_FILENAME))
