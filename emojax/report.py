@@ -245,10 +245,18 @@ def format_report(report: dict) -> str:
   if report.get('protocol') != 'random':
     lines.append('NOTE: the thesis used a random split; its numbers are for that protocol only.')
 
-  lines += ['', f'{"model":<8} {"test acc":>9} {"macro F1":>9} {"thesis test acc":>16}']
+  header = f'{"model":<8} {"train acc":>9} {"test acc":>9} {"macro F1":>9} {"thesis train":>13} {"thesis test":>12}'
+  lines += ['', header]
   for name in models:
-    thesis = THESIS_RESULTS[name]['test']
-    lines.append(f'{name:<8} {report[name]["accuracy"]:>9.4f} {report[name]["macro_f1"]:>9.4f} {thesis:>16.2f}')
+    thesis = THESIS_RESULTS[name]
+    train = report[name].get('train_accuracy')
+    train = '-' if train is None else f'{train:.4f}'
+    lines.append(
+      f'{name:<8} {train:>9} {report[name]["accuracy"]:>9.4f} {report[name]["macro_f1"]:>9.4f} '
+      f'{thesis["train"]:>13.2f} {thesis["test"]:>12.2f}'
+    )
+  if any('train_accuracy' in report[name] for name in models):
+    lines.append('(train acc: running mean over the best epoch, dropout on, as Keras and the thesis report it)')
 
   name_width = max(len(name) for name in ravdess.EMOTIONS)
   lines += ['', 'per-class recall (test)', f'{"":<{name_width}}' + ''.join(f' {name:>8}' for name in models)]

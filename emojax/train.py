@@ -559,7 +559,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summaries = {}
   for name, result in results.items():
     summaries[name] = report.summarize(result['confusion_matrix'])
-    summaries[name].update(loss=result['loss'], best_epoch=training[name]['best_epoch'])
+    best_epoch = training[name]['best_epoch']
+    # As Keras reports it (and the thesis' train column): the running mean over the best epoch's batches.
+    best = next(epoch for epoch in training[name]['history'] if epoch['epoch'] == best_epoch)
+    summaries[name].update(loss=result['loss'], best_epoch=best_epoch, train_accuracy=best['train_accuracy'])
     if jax.process_index() == 0:
       step = int(states[name].step)
       writer = metric_writers.create_default_writer(os.path.join(workdir, name))

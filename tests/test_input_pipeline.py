@@ -177,3 +177,17 @@ def test_standardize_uses_reference_statistics_and_keeps_padding_zero():
   # Clips outside the reference use the reference's statistics, not their own.
   mean, std = statistics['audio']
   np.testing.assert_allclose(out['audio'][2:, :, :2], (audio[2:, :, :2] - mean[:2]) / std[:2], atol=1e-5)
+
+
+def test_thesis_75_percent_variant_keeps_the_same_test_clips(six_actor_dir, clips):
+  # Base models trained on base + stack (the thesis' 68% / 72% rows) are tested on the same clips.
+  thesis = input_pipeline.make_partitions(clips, _config(six_actor_dir))
+  config = _config(six_actor_dir, fractions=(0.75, 0.0, 0.25))
+  config.models = ('audio', 'visual')
+  wider = input_pipeline.make_partitions(clips, config)
+  np.testing.assert_array_equal(wider['test'], thesis['test'])
+  assert len(wider['stack_train']) == len(wider['stack_val']) == 0
+  base = lambda p: np.concatenate([p['base_train'], p['base_val']])
+  np.testing.assert_array_equal(
+    np.sort(base(wider)), np.sort(np.concatenate([base(thesis), thesis['stack_train'], thesis['stack_val']]))
+  )

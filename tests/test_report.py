@@ -134,9 +134,13 @@ def test_format_report_shows_classes_matrices_and_partitions():
   assert 'anger     47  0  0  0  0  1  0' in lines
   assert 'surprise   1  0  4  3  0  1 39' in lines
   assert 'anger      3  1  0  0  0  0  0' in lines
-  # Thesis test accuracy next to ours.
+  # The thesis' train and test accuracy next to ours; no train accuracy in this report.
   stacker_row = next(line for line in lines if line.startswith('stacker '))
-  assert stacker_row.split() == ['stacker', f'{272 / 312:.4f}', stacker_row.split()[2], '0.87']
+  assert stacker_row.split() == ['stacker', '-', f'{272 / 312:.4f}', stacker_row.split()[3], '0.94', '0.87']
+  with_train = _full_report()
+  with_train['audio']['train_accuracy'] = 0.8125
+  audio_row = next(line for line in report.format_report(with_train).splitlines() if line.startswith('audio '))
+  assert audio_row.split()[:2] == ['audio', '0.8125'] and audio_row.split()[-2:] == ['0.85', '0.58']
   assert 'partitions (clips): base 624, stack 312, test 312' in lines
   assert "protocol 'random'" in lines[0]
   assert 'stand-in extractors' in text

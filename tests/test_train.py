@@ -64,6 +64,8 @@ def test_stacking_end_to_end_beats_chance_and_writes_report(trained):
     assert set(summary) >= {'accuracy', 'macro_f1', 'per_class_recall', 'confusion_matrix'}
     assert np.array(summary['confusion_matrix']).shape == (7, 7)
     assert np.array(summary['confusion_matrix']).sum() == written['partitions']['test'] == 42
+    best = written['training'][name]['history'][summary['best_epoch'] - 1]
+    assert best['epoch'] == summary['best_epoch'] and summary['train_accuracy'] == best['train_accuracy'] > 0
   assert written['stacker']['accuracy'] > 0.5  # Chance is 1/7.
   assert written['protocol'] == 'random' and written['seed'] == 0
   assert sum(written['partitions'].values()) == 6 * 28
