@@ -21,13 +21,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from data_prep.audio import DEFAULT_VGGISH_HANDLE
+from data_prep.audio import DEFAULT_VGGISH_HANDLE, VGGISH_SAMPLE_RATE
 
 VGG16_DIM = 512
 VGGISH_DIM = 128
 
-# VGGish front end (vggish_params.py / mel_features.py of the published model).
-VGGISH_SAMPLE_RATE = 16000
+# VGGish front end (vggish_params.py / mel_features.py of the published model), at VGGISH_SAMPLE_RATE.
 STFT_WINDOW_SAMPLES = 400  # 25 ms
 STFT_HOP_SAMPLES = 160  # 10 ms
 FFT_LENGTH = 512  # next power of two above the window
