@@ -574,7 +574,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     protocol=config.data.protocol,
     seed=config.seed,
     partitions=counts,
-    dataset={'num_clips': len(clips['label']), 'stand_in_extractors': input_pipeline.uses_stand_in_extractors(info)},
+    dataset={
+      'dir': os.path.abspath(config.data.dir),
+      'num_clips': len(clips['label']),
+      'stand_in_extractors': input_pipeline.uses_stand_in_extractors(info),
+    },
   )
   final['training'] = {name: training[name] for name in results}
   if jax.process_index() == 0:

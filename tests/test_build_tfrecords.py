@@ -310,3 +310,20 @@ def test_broken_opencv_is_one_clear_error_before_any_worker_starts(built, cache_
   monkeypatch.setattr(video, 'FaceDetector', no_cascade)
   with pytest.raises(build_tfrecords.BuildError, match='opencv-python-headless<5'):
     build_tfrecords.build(str(built['input_dir']), str(tmp_path / 'out'), **_settings(cache_dir, num_workers=2))
+
+
+def test_real_ravdess_sample_goes_through(cache_dir, tmp_path):
+  """The real sample: a 640x480 AV clip with 44.1 kHz AAC, and wavs without video (skipped)."""
+  sample = os.path.join(REPO_ROOT, '..', 'shared', 'data', 'ravdess-sample')
+  if not os.path.isdir(sample):
+    pytest.skip('the real RAVDESS sample (../shared/data/ravdess-sample) is not here')
+  info = build_tfrecords.build(sample, str(tmp_path / 'out'), **_settings(cache_dir, num_shards=1, num_workers=0))
+  assert info['num_clips'] == 1
+  [(context, sequences)] = _read_shard(str(tmp_path / 'out' / schema.shard_name(0, 1)))
+  assert context['clip_id'] == '01-07-02-02-01-01' and context['label'] == ravdess.EMOTIONS.index('disgust')
+  assert context['audio_source'] == 'audio/Actor_01/03-01-07-02-02-01-01.wav'  # The wav wins over the mp4 track.
+  assert context['num_frames'] == sequences[schema.VISUAL_KEY].shape[0] == 180  # 4.0 s at 45 fps.
+  assert context['face_detected_frames'] >= 170  # A real face, found on (almost) every frame.
+  assert sequences[schema.AUDIO_KEY].shape == (5, 128)
+  kinds = {s['kind'] for s in info['skipped']}
+  assert kinds == {'no video source'} and info['filtered']['calm'] == 16
