@@ -15,6 +15,8 @@ import numpy as np
 import resampy
 import soundfile
 
+from data_prep import media
+
 VGGISH_SAMPLE_RATE = 16000
 # The public TF-Hub VGGish. Defined here, in a TensorFlow-free module, so the CLI and its
 # worker processes can name it without importing TensorFlow.
@@ -23,20 +25,12 @@ DEFAULT_VGGISH_HANDLE = 'https://tfhub.dev/google/vggish/1'
 # Read with soundfile; anything else (mp4, m4a, ...) goes through PyAV.
 _SOUNDFILE_EXTENSIONS = ('.wav', '.flac', '.ogg')
 
-# A track whose decoded samples stop this much short of its declared duration is truncated.
-_MIN_TRUNCATION_SECONDS = 0.25
-_MIN_TRUNCATION_FRACTION = 0.1
-
-
-def _reason(err: Exception) -> str:
-  return str(err).rstrip('.') or type(err).__name__
-
 
 def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
   try:
     samples, sample_rate = soundfile.read(path, dtype='float32', always_2d=True)  # [num_samples, channels]
   except (soundfile.LibsndfileError, RuntimeError, OSError) as err:
-    raise ValueError(f'Cannot read audio file {path}: {_reason(err)}.') from err
+    raise ValueError(f'Cannot read audio file {path}: {media.error_reason(err)}.') from err
   return samples.mean(axis=1), int(sample_rate)
 
 
@@ -44,7 +38,7 @@ def _read_av(path: str) -> tuple[np.ndarray, int]:
   try:
     container = av.open(path)
   except (av.FFmpegError, OSError) as err:
-    raise ValueError(f'Cannot open {path} for its audio track: {_reason(err)}.') from err
+    raise ValueError(f'Cannot open {path} for its audio track: {media.error_reason(err)}.') from err
   with container:
     if not container.streams.audio:
       raise ValueError(f'{path} has no audio track.')
@@ -59,7 +53,9 @@ def _read_av(path: str) -> tuple[np.ndarray, int]:
       for planar in resampler.resample(None):
         chunks.append(planar.to_ndarray())
     except av.FFmpegError as err:
-      raise ValueError(f'Cannot decode the audio track of {path} (truncated or corrupt): {_reason(err)}.') from err
+      raise ValueError(
+        f'Cannot decode the audio track of {path} (truncated or corrupt): {media.error_reason(err)}.'
+      ) from err
     sample_rate = int(stream.rate or 0)
     declared = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
   if not chunks:
@@ -67,7 +63,7 @@ def _read_av(path: str) -> tuple[np.ndarray, int]:
   samples = np.concatenate(chunks, axis=1).mean(axis=0)
   if declared is not None and sample_rate > 0:
     decoded = samples.size / sample_rate
-    if declared - decoded > max(_MIN_TRUNCATION_SECONDS, _MIN_TRUNCATION_FRACTION * declared):
+    if media.is_truncated(decoded, declared):
       raise ValueError(
         f'The audio track of {path} looks truncated: {decoded:.2f} s decoded of a declared {declared:.2f} s.'
       )

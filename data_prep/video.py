@@ -18,15 +18,9 @@ import av
 import cv2
 import numpy as np
 
+from data_prep import media
+
 HAAR_CASCADE = 'haarcascade_frontalface_default.xml'
-
-# A clip whose decoded frames stop this much short of its declared duration is truncated.
-_MIN_TRUNCATION_SECONDS = 0.25
-_MIN_TRUNCATION_FRACTION = 0.1
-
-
-def _reason(err: Exception) -> str:
-  return str(err).rstrip('.') or type(err).__name__
 
 
 def target_frame_indices(source_times: np.ndarray, fps: float, duration: float) -> np.ndarray:
@@ -170,7 +164,7 @@ def _decode(path: str, rgb: bool):
   try:
     container = av.open(path)
   except (av.FFmpegError, OSError) as err:
-    raise ValueError(f'Cannot open video {path}: {_reason(err)}.') from err
+    raise ValueError(f'Cannot open video {path}: {media.error_reason(err)}.') from err
   with container:
     if not container.streams.video:
       raise ValueError(f'{path} has no video stream.')
@@ -192,7 +186,7 @@ def _decode(path: str, rgb: bool):
         times.append(frame_time)
         images.append(frame.to_ndarray(format=image_format))
     except av.FFmpegError as err:
-      raise ValueError(f'Cannot decode video {path} (truncated or corrupt): {_reason(err)}.') from err
+      raise ValueError(f'Cannot decode video {path} (truncated or corrupt): {media.error_reason(err)}.') from err
     if not times:
       raise ValueError(f'{path} has a video stream with no decodable frames.')
 
@@ -206,8 +200,7 @@ def _decode(path: str, rgb: bool):
       duration = container.duration / av.time_base
     else:
       duration = decoded_end
-  shortfall = duration - decoded_end
-  if shortfall > max(_MIN_TRUNCATION_SECONDS, _MIN_TRUNCATION_FRACTION * duration):
+  if media.is_truncated(decoded_end, duration):
     raise ValueError(f'{path} looks truncated: its frames end at {decoded_end:.2f} s of a declared {duration:.2f} s.')
   return source_times, images, duration, source_fps
 
