@@ -12,7 +12,7 @@ to the noise so both frameworks have something to learn.
 emojax side: the real training path, `configs/default.py` -> `models.build_model` ->
 `train.create_train_state`, the jitted `train.train_step` (as `train.py` jits it for the
 mesh) fed by `input_pipeline.batches` (each batch's time axis cut to its longest clip rounded
-up to `data.time_bucket`), training metrics merged every step as `train.train_stage` does;
+up to `data.time_bucket`), training metrics merged every step as `train.fit` does;
 features with `train.penultimate_features`.
 Keras side: the thesis's models written in Keras 3 (TensorFlow backend), `model.fit(x, y,
 batch_size=32, shuffle=True)` on arrays padded to the longest clip (what
@@ -50,10 +50,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import default as default_config
-from emojax import input_pipeline, models, ravdess, schema, train
+from emojax import experiment, input_pipeline, models, ravdess, schema, train
 
 MIN_FRAMES, MAX_FRAMES = 140, 180  # Synthetic clip lengths (RAVDESS at 45 fps: ~135-240).
-MODELS = ('audio', 'visual', 'stacker')
+MODELS = tuple(models.MODELS)
 
 
 def parse_args() -> argparse.Namespace:
@@ -135,14 +135,14 @@ class EmojaxRunner:
 
   def __init__(self, name: str, config, split: dict, mesh, epochs: int):
     self.name, self.config, self.split, self.mesh, self.epochs = name, config, split, mesh, epochs
-    self.keys = train.MODEL_INPUTS[name]
-    self.train_fn, _, _ = train._jitted_steps(mesh)
+    self.keys = models.MODELS[name].inputs
+    self.train_fn, _, _ = train.jitted_steps(mesh)
     self.dropout_rng = jax.random.key(config.seed + 1)
     with Timer() as timer:
       model = models.build_model(name, config.model)
       example_batch = next(self._batches(epoch=0))
-      state = train.create_train_state(config, model, jax.random.key(config.seed), example_batch)
-      # Replicated as in `train.train_stage`, so the first timed step does not compile again.
+      state = train.create_train_state(config.optimizer, model, jax.random.key(config.seed), example_batch)
+      # Replicated as in `train.fit`, so the first timed step does not compile again.
       self.state = jax.device_put(state, NamedSharding(mesh, P()))
       # The epoch's code path once on one batch of each shape the timed epochs will see
       # (visual: one per time bucket), so that every step and metric op is compiled.
@@ -155,7 +155,7 @@ class EmojaxRunner:
       self.split,
       self.config.batch_size,
       keys=self.keys,
-      shuffle_seed=(self.config.seed, 2, train.STAGE_INDEX[self.name]),
+      shuffle_seed=(self.config.seed, 2, experiment.stage_index(self.name)),
       epoch=epoch,
       time_bucket=self.config.data.time_bucket,
     )
@@ -172,7 +172,7 @@ class EmojaxRunner:
   def _train(self, batches) -> dict:
     train_metrics = None
     for batch in batches:
-      self.state, batch_metrics = self.train_fn(self.state, train._to_device(batch, self.mesh), self.dropout_rng)
+      self.state, batch_metrics = self.train_fn(self.state, train.to_device(batch, self.mesh), self.dropout_rng)
       train_metrics = batch_metrics if train_metrics is None else train_metrics.merge(batch_metrics)
     return {key: float(value) for key, value in train_metrics.compute().items() if np.ndim(value) == 0}
 
@@ -186,7 +186,10 @@ class EmojaxRunner:
     return timer
 
   def features(self) -> np.ndarray:
-    return train.penultimate_features(self.state, self.split, self.config, self.name, self.mesh)
+    batches = input_pipeline.batches(
+      self.split, self.config.batch_size, keys=self.keys, time_bucket=self.config.data.time_bucket
+    )
+    return train.penultimate_features(self.state, batches, self.mesh, len(self.split['label']))
 
 
 # ----------------------------------------------------------------------------- Keras

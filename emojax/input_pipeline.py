@@ -1,17 +1,10 @@
-"""Schema-v1 TFRecords -> host numpy arrays -> partitions -> padded, masked batches.
+"""Schema-v1 TFRecords -> host numpy arrays -> padded, masked batches.
 
 RAVDESS is small (1,248 clips, a few hundred MB of embeddings), so the shards are read once
 with tf.data and kept in host memory as numpy arrays; an epoch is then a seeded permutation
 and a loop over slices, which is deterministic (a resumed run sees the same batches) and
-costs nothing next to the LSTM.
-
-No split is baked into the data: the partitions are drawn here from the clip metadata.
-  'random' (the thesis): stratified by emotion, seeded, `data.fractions` of each class
-    to base / stack / test.
-  'actor': whole actors to each partition, `data.actor_split` actors, half male and half
-    female, seeded: nobody in the test partition was seen in training.
-Then `data.val_fraction` of each training partition (base, stack), stratified by emotion,
-becomes its validation partition for early stopping.
+costs nothing next to the LSTM. The partitions are drawn from the clip metadata by
+`emojax.partitions`.
 
 Every batch has exactly `batch_size` rows: a short last batch is padded and `mask` [batch]
 says which rows are real, so losses and metrics are exact masked means. The time axis of
@@ -30,8 +23,6 @@ from absl import logging
 
 from emojax import ravdess, schema
 
-# Partition names, in the order they are drawn.
-PARTITIONS = ('base_train', 'base_val', 'stack_train', 'stack_val', 'test')
 # Host arrays of one partition (or of all clips), keyed like the batches; first axis = clip.
 Split = dict[str, np.ndarray]
 
@@ -178,113 +169,6 @@ def load_clips(config) -> tuple[Split, dict]:
   }
   logging.info('Read %d clips from %d shards in %s.', n, len(files), data_dir)
   return clips, info
-
-
-def _class_counts(labels: np.ndarray) -> dict[str, int]:
-  return {name: int(np.sum(labels == c)) for c, name in enumerate(ravdess.EMOTIONS)}
-
-
-def _split_stratified(
-  indices: np.ndarray, labels: np.ndarray, fractions: Sequence[float], rng: np.random.Generator
-) -> list[np.ndarray]:
-  """Deals each class's clips to len(fractions) parts; per-class counts are within 1 of the fraction."""
-  parts = [[] for _ in fractions]
-  bounds = np.cumsum(fractions)
-  for c in range(ravdess.NUM_CLASSES):
-    members = rng.permutation(indices[labels[indices] == c])
-    cuts = np.round(bounds[:-1] * len(members)).astype(int)
-    for part, piece in zip(parts, np.split(members, cuts)):
-      part.append(piece)
-  return [np.sort(np.concatenate(part)) for part in parts]
-
-
-def _take_validation(indices: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator):
-  """Splits `indices` into (train, val), `fraction` of each class to val (at least one when a class has two)."""
-  train, val = [], []
-  for c in range(ravdess.NUM_CLASSES):
-    members = rng.permutation(indices[labels[indices] == c])
-    count = round(fraction * len(members))
-    if fraction > 0 and len(members) >= 2:
-      count = min(max(count, 1), len(members) - 1)
-    val.append(members[:count])
-    train.append(members[count:])
-  return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-def _actor_partitions(clips: Split, actor_split: Sequence[int], rng: np.random.Generator) -> list[np.ndarray]:
-  """Whole actors to base / stack / test, half of each partition's actors male and half female."""
-  actors, first = np.unique(clips['actor'], return_index=True)
-  genders = clips['gender'][first]
-  by_gender = {g: list(rng.permutation(actors[genders == g])) for g in (0, 1)}
-  available = {g: len(by_gender[g]) for g in (0, 1)}
-  parts = []
-  for name, count in zip(('base', 'stack', 'test'), actor_split):
-    wanted = {0: count // 2, 1: count - count // 2}  # An odd count gives the extra actor to the women.
-    chosen = {g: [by_gender[g].pop(0) for _ in range(min(wanted[g], len(by_gender[g])))] for g in (0, 1)}
-    members = np.flatnonzero(np.isin(clips['actor'], chosen[0] + chosen[1]))
-    if len(chosen[0]) < wanted[0] or len(chosen[1]) < wanted[1]:
-      raise ValueError(
-        f"Protocol 'actor' leaves partition '{name}' with {len(chosen[0])} male + {len(chosen[1])} female actors "
-        f'({len(members)} clips, per class {_class_counts(clips["label"][members])}), but data.actor_split='
-        f'{tuple(actor_split)} asks for {wanted[0]} + {wanted[1]}; the data has {available[0]} male and '
-        f'{available[1]} female actors. Lower data.actor_split or use --config.data.protocol=random.'
-      )
-    parts.append(members)
-  unused = by_gender[0] + by_gender[1]
-  if unused:
-    logging.warning(
-      "Protocol 'actor': actors %s are in no partition (data.actor_split=%s).", sorted(unused), actor_split
-    )
-  return parts
-
-
-def make_partitions(clips: Split, config) -> dict[str, np.ndarray]:
-  """Draws the partitions from the clip metadata: disjoint, deterministic per `config.seed`.
-
-  Returns:
-    Partition name (`PARTITIONS`) -> sorted indices into `clips`.
-
-  Raises:
-    ValueError: an unknown protocol, fractions that do not sum to 1, or a partition the
-      run needs left empty or without some class (naming the partition and its counts).
-  """
-  labels = clips['label']
-  all_indices = np.arange(len(labels))
-  protocol = config.data.protocol
-  if protocol == 'random':
-    fractions = tuple(config.data.fractions)
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-      raise ValueError(
-        f'data.fractions must be three non-negative numbers summing to 1 (base, stack, test); got {fractions}.'
-      )
-    base, stack, test = _split_stratified(all_indices, labels, fractions, np.random.default_rng([config.seed, 0]))
-  elif protocol == 'actor':
-    if len(config.data.actor_split) != 3:
-      raise ValueError(
-        f'data.actor_split must be three actor counts (base, stack, test); got {config.data.actor_split}.'
-      )
-    base, stack, test = _actor_partitions(clips, config.data.actor_split, np.random.default_rng([config.seed, 0]))
-  else:
-    raise ValueError(f"data.protocol must be 'random' or 'actor'; got {protocol!r}.")
-  if not 0 < config.data.val_fraction < 1:
-    raise ValueError(
-      f'data.val_fraction must be in (0, 1): early stopping needs a validation part; got {config.data.val_fraction}.'
-    )
-  val_rng = np.random.default_rng([config.seed, 1])
-  base_train, base_val = _take_validation(base, labels, config.data.val_fraction, val_rng)
-  stack_train, stack_val = _take_validation(stack, labels, config.data.val_fraction, val_rng)
-  partitions = dict(zip(PARTITIONS, (base_train, base_val, stack_train, stack_val, test)))
-
-  needed = [name for name in PARTITIONS if 'stacker' in config.models or not name.startswith('stack')]
-  for name in needed:
-    counts = _class_counts(labels[partitions[name]])
-    if min(counts.values()) == 0:
-      raise ValueError(
-        f"Protocol {protocol!r} leaves partition '{name}' with {len(partitions[name])} clips, per class {counts}: "
-        'every class needs at least one clip. Use more data, or change data.fractions / data.actor_split / '
-        'data.val_fraction.'
-      )
-  return partitions
 
 
 def _real_rows(split: Split, key: str) -> np.ndarray:

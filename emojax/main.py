@@ -1,6 +1,6 @@
 """Trains and evaluates emojax: `python -m emojax.main --config=configs/stack.py --workdir=DIR`.
 
-Flags only; everything else is in `emojax.train`. Examples:
+Flags only; everything else is in `emojax.experiment`. Examples:
 
   python -m emojax.main --config=configs/stack.py --workdir=/tmp/run --config.data.dir=/data/tfrecords
   python -m emojax.main --config=configs/stack.py:smoke --workdir=/tmp/smoke --config.data.dir=...
@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emojax import train
+from emojax import experiment
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events, features and report.json.')
@@ -49,7 +49,7 @@ def main(argv):
     jax.distributed.initialize()
   logging.info('JAX process %d of %d; devices: %s', jax.process_index(), jax.process_count(), jax.devices())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    experiment.run(FLAGS.config, FLAGS.workdir)
   except (ValueError, FileNotFoundError, FloatingPointError) as error:
     # Our checks speak in one sentence; the traceback stays in the log at --verbosity=1.
     logging.debug('Stopped by an error.', exc_info=True)

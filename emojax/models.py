@@ -6,10 +6,14 @@ only the keys it needs. `penultimate` is the representation the stacker consumes
 (256-D from the audio MLP, 100-D from the visual LSTM) and its own 256-D hidden layer.
 """
 
-from collections.abc import Sequence
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from emojax import ravdess
 
@@ -131,35 +135,64 @@ class Stacker(nn.Module):
     return _mlp_classifier(x, self.hidden_sizes, self.dropout_rate, self.num_classes, train=train)
 
 
-def build_model(name: str, model_config) -> nn.Module:
-  """Builds one model from `config.model`.
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A model as the trainer and the experiment see it.
 
-  Args:
-    name: 'audio', 'visual' or 'stacker'.
-    model_config: a ConfigDict with sub-dicts `audio` (hidden_sizes, dropout_rate,
-      num_audio_frames), `visual` (lstm_sizes, dropout_rate; optional unroll) and `stacker`
-      (hidden_sizes, dropout_rate).
-
-  Returns:
-    The unbound Flax module.
+  Attributes:
+    build: `config.model.<name>` -> the unbound Flax module.
+    inputs: the batch keys the model reads, besides 'label' and 'mask'.
+    stacked: True for a model trained on the base models' penultimate features.
   """
-  if name == 'audio':
-    cfg = model_config.audio
-    return AudioMLP(
+
+  build: Callable[[ml_collections.ConfigDict], nn.Module]
+  inputs: tuple[str, ...]
+  stacked: bool = False
+
+
+# The one table of models; every other list of model names derives from it.
+MODELS = {
+  'audio': ModelSpec(
+    build=lambda cfg: AudioMLP(
       hidden_sizes=tuple(cfg.hidden_sizes),
       dropout_rate=cfg.dropout_rate,
       num_audio_frames=cfg.num_audio_frames,
       num_classes=ravdess.NUM_CLASSES,
-    )
-  if name == 'visual':
-    cfg = model_config.visual
-    return VisualLSTM(
+    ),
+    inputs=('audio',),
+  ),
+  'visual': ModelSpec(
+    build=lambda cfg: VisualLSTM(
       lstm_sizes=tuple(cfg.lstm_sizes),
       dropout_rate=cfg.dropout_rate,
       num_classes=ravdess.NUM_CLASSES,
       unroll=cfg.get('unroll', 1),  # Optional field: a speed knob only.
-    )
-  if name == 'stacker':
-    cfg = model_config.stacker
-    return Stacker(hidden_sizes=tuple(cfg.hidden_sizes), dropout_rate=cfg.dropout_rate, num_classes=ravdess.NUM_CLASSES)
-  raise ValueError(f"Unknown model name {name!r}: use 'audio', 'visual' or 'stacker'.")
+    ),
+    inputs=('visual', 'num_frames'),
+  ),
+  'stacker': ModelSpec(
+    build=lambda cfg: Stacker(
+      hidden_sizes=tuple(cfg.hidden_sizes), dropout_rate=cfg.dropout_rate, num_classes=ravdess.NUM_CLASSES
+    ),
+    inputs=('features',),
+    stacked=True,
+  ),
+}
+# The models trained on embeddings, in stage order; the stacker reads their penultimate features.
+BASE_MODELS = tuple(name for name, spec in MODELS.items() if not spec.stacked)
+
+
+def build_model(name: str, model_config) -> nn.Module:
+  """Builds model `name` of `MODELS` from `config.model` (its sub-dict of the same name).
+
+  Equal settings give the same instance: a module is a static field of the train state, so
+  reusing it lets jit reuse the compiled steps across stages and runs in one process.
+  """
+  if name not in MODELS:
+    raise ValueError(f'Unknown model name {name!r}: use one of {list(MODELS)}.')
+  return _cached_model(name, ml_collections.ConfigDict(model_config[name]).to_json())
+
+
+@functools.cache
+def _cached_model(name: str, settings_json: str) -> nn.Module:
+  return MODELS[name].build(ml_collections.ConfigDict(json.loads(settings_json)))

@@ -1,19 +1,16 @@
-"""Training, stacking and evaluation: the three stages of the thesis's system.
+"""Fitting one stage: a model, its batches, early stopping, checkpoints and TensorBoard.
 
-`train_and_evaluate(config, workdir)` runs, for the models in `config.models`:
-  1. 'audio' and 'visual' on the base partition (early stopping on its validation part);
-  2. 'features': the best audio and visual checkpoints, frozen, turn the stack and test
-     partitions into 356-D features (audio 256 + visual 100 penultimate outputs), saved in
-     `workdir/features/` so they are computed once;
-  3. 'stacker' on the stack partition's features;
-and tests every trained model on the test partition, writing `workdir/report.json`.
+A stage is stage-agnostic here: `fit` trains (or resumes, or restores a finished) model
+from the batch iterators it is given, and `restore` loads its best checkpoint for eval-only
+runs. What the stages are and how they chain (base models, features, stacker) is
+`emojax.experiment`'s business.
 
-Each stage keeps its own orbax checkpoints (`workdir/<stage>/checkpoints`, the best by
-validation loss and the latest) and TensorBoard events (`workdir/<stage>/`). A finished
-stage leaves `workdir/<stage>/DONE` and is not redone; a stage killed midway resumes from
-its latest checkpoint. Everything random is a function of (seed, stage, step or epoch):
-dropout keys are `fold_in(stage key, step)` and the batch order comes from
-(seed, stage, epoch), so a resumed run ends with the same report as an uninterrupted one.
+Each stage keeps its own orbax checkpoints (`<stage dir>/checkpoints`, the best by
+validation loss and the latest) and TensorBoard events (`<stage dir>/`). A finished stage
+leaves `<stage dir>/DONE` and is only restored afterwards; a stage killed midway resumes
+from its latest checkpoint. Everything random is a function of the stage's key and the
+step: dropout keys are `fold_in(dropout key, step)`, and the caller's batch order must
+depend only on the epoch, so a resumed run ends with the same state as an uninterrupted one.
 
 Data parallelism: one mesh axis 'data' over all devices; the train state is replicated and
 each batch is split along its first axis, so the same code runs on one CPU, several GPUs,
@@ -21,10 +18,13 @@ a TPU host or several hosts (each process feeds its slice of the global batch).
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
+from collections.abc import Callable, Iterable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,41 +37,21 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from emojax import input_pipeline, metrics, models, report
+from emojax import metrics, report
 
-BASE_MODELS = ('audio', 'visual')
-# The arrays each model reads from a batch (besides 'label' and 'mask').
-MODEL_INPUTS = {'audio': ('audio',), 'visual': ('visual', 'num_frames'), 'stacker': ('features',)}
-# Stage index, folded into the seed so each stage has its own keys and batch orders.
-STAGE_INDEX = {'audio': 0, 'visual': 1, 'stacker': 2}
 DONE_FILENAME = 'DONE'
-PARTITIONS_FILENAME = 'partitions.json'
 
 
 # ----------------------------------------------------------------------------- steps
 
 
-def create_train_state(config, model, rng: jax.Array, example_batch: dict) -> train_state.TrainState:
-  """Initialises `model` on `example_batch` and pairs it with Adamax (Keras defaults by config)."""
+def create_train_state(optimizer_config, model: nn.Module, rng: jax.Array, example_batch: dict):
+  """Initialises `model` on `example_batch` and pairs it with Adamax (`config.optimizer`)."""
   params_rng, dropout_rng = jax.random.split(rng)
   params = _jitted_init(model)({'params': params_rng, 'dropout': dropout_rng}, example_batch)['params']
-  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=_optimizer(config.optimizer))
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=_optimizer(optimizer_config))
   # A strong int32 step, as a restored checkpoint has: otherwise the steps compile twice.
   return state.replace(step=jnp.zeros((), jnp.int32))
-
-
-def build_model(name: str, config):
-  """`models.build_model`, one instance per distinct model config.
-
-  Reusing the instance keeps `apply_fn` (a static field of the TrainState) equal between
-  stages and runs in one process, so jit reuses its compiled steps instead of recompiling.
-  """
-  return _cached_model(name, config.model.to_json())
-
-
-@functools.cache
-def _cached_model(name: str, model_config_json: str):
-  return models.build_model(name, ml_collections.ConfigDict(json.loads(model_config_json)))
 
 
 @functools.cache
@@ -148,12 +128,12 @@ def predict_step(state: train_state.TrainState, batch: dict) -> jnp.ndarray:
 
 def make_mesh() -> jax.sharding.Mesh:
   """One 'data' axis over every device (of every process)."""
-  # Built directly: jax.make_mesh defaults to Explicit axes, under which nn.RNN fails (trap 1).
+  # Built directly: jax.make_mesh defaults to Explicit axes, under which nn.RNN's scan fails.
   return jax.sharding.Mesh(np.array(jax.devices()), ('data',))
 
 
 @functools.cache
-def _jitted_steps(mesh: jax.sharding.Mesh):
+def jitted_steps(mesh: jax.sharding.Mesh):
   """train / eval / predict steps jitted for `mesh`: state replicated, batch split on 'data'."""
   replicated = NamedSharding(mesh, P())
   data = NamedSharding(mesh, P('data'))
@@ -165,34 +145,47 @@ def _jitted_steps(mesh: jax.sharding.Mesh):
   return train, evaluate, predict
 
 
-def _to_device(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+def to_device(batch: dict, mesh: jax.sharding.Mesh) -> dict:
   """This process's rows of a global batch -> global arrays split on 'data'."""
   data = NamedSharding(mesh, P('data'))
   return {key: jax.make_array_from_process_local_data(data, value) for key, value in batch.items()}
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- a stage
 
 
-def _batches(split, config, keys, *, shuffle_seed=None, epoch=0):
-  return input_pipeline.batches(
-    split,
-    config.batch_size,
-    keys=keys,
-    shuffle_seed=shuffle_seed,
-    epoch=epoch,
-    time_bucket=config.data.time_bucket,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One model to fit, and how it sees its data.
+
+  Attributes:
+    name: for logs and errors ('audio', 'visual', 'stacker').
+    directory: where its checkpoints, TensorBoard events and DONE file go.
+    model: the unbound Flax module.
+    key: the stage's PRNG key; initial parameters and dropout keys derive from it.
+    train_batches: epoch (1-based) -> that epoch's training batches, in an order that
+      depends only on the epoch (so a resumed run sees the same batches).
+    val_batches: () -> the validation batches, for early stopping.
+    example_batch: one batch with the shapes the model is initialised on.
+    num_train_batches: batches per epoch, for the progress report.
+  """
+
+  name: str
+  directory: str
+  model: nn.Module
+  key: jax.Array
+  train_batches: Callable[[int], Iterable[dict]]
+  val_batches: Callable[[], Iterable[dict]]
+  example_batch: dict
+  num_train_batches: int
 
 
-def evaluate(state, split, config, name: str, mesh) -> dict:
-  """Runs `eval_step` over `split`; returns {'loss', 'accuracy', 'confusion_matrix' [7, 7] np.int64}."""
-  _, eval_fn, _ = _jitted_steps(mesh)
+def evaluate(state, batches: Iterable[dict], mesh) -> dict:
+  """Runs `eval_step` over `batches`; returns {'loss', 'accuracy', 'confusion_matrix' [7, 7] np.int64}."""
+  _, eval_fn, _ = jitted_steps(mesh)
   collection = None
-  for batch in _batches(split, config, MODEL_INPUTS[name]):
-    batch_metrics = eval_fn(state, _to_device(batch, mesh))
+  for batch in batches:
+    batch_metrics = eval_fn(state, to_device(batch, mesh))
     collection = batch_metrics if collection is None else collection.merge(batch_metrics)
   computed = collection.compute()
   return {
@@ -202,19 +195,19 @@ def evaluate(state, split, config, name: str, mesh) -> dict:
   }
 
 
-def penultimate_features(state, split, config, name: str, mesh) -> np.ndarray:
-  """`predict_step` over `split` in order: [N, features] float32 (padding rows dropped)."""
-  _, _, predict_fn = _jitted_steps(mesh)
+def penultimate_features(state, batches: Iterable[dict], mesh, num_examples: int) -> np.ndarray:
+  """`predict_step` over `batches`, in order: [num_examples, features] float32 (padding rows dropped)."""
+  _, _, predict_fn = jitted_steps(mesh)
   outputs = []
-  remaining = len(split['label'])
-  for batch in _batches(split, config, MODEL_INPUTS[name]):
-    features = np.asarray(predict_fn(state, _to_device(batch, mesh)))  # [batch_size, features], replicated
-    outputs.append(features[: min(remaining, config.batch_size)])
-    remaining -= config.batch_size
+  remaining = num_examples
+  for batch in batches:
+    features = np.asarray(predict_fn(state, to_device(batch, mesh)))  # [batch_size, features], replicated
+    outputs.append(features[: min(remaining, len(features))])
+    remaining -= len(features)
   return np.concatenate(outputs).astype(np.float32)
 
 
-def _flat_hparams(config) -> dict:
+def flat_hparams(config) -> dict:
   """The config flattened to dotted names with scalar values, for `write_hparams`."""
   flat = {}
 
@@ -231,7 +224,7 @@ def _flat_hparams(config) -> dict:
   return flat
 
 
-def _write_json(path: str, content) -> None:
+def write_json(path: str, content) -> None:
   """Atomic JSON write (temporary name, then rename), from process 0 only."""
   if jax.process_index() != 0:
     return
@@ -241,7 +234,7 @@ def _write_json(path: str, content) -> None:
   os.replace(temporary, path)
 
 
-def _read_json(path: str):
+def read_json(path: str):
   with open(path) as f:
     return json.load(f)
 
@@ -262,11 +255,12 @@ def _checkpoint_manager(stage_dir: str, *, read_only: bool = False) -> ocp.Check
   return ocp.CheckpointManager(os.path.join(stage_dir, 'checkpoints'), options=options)
 
 
-def _abstract_state(config, model, example_batch, mesh):
-  """The TrainState's shapes and shardings, without computing it: the restore target (trap 9)."""
-  abstract = jax.eval_shape(
-    lambda: create_train_state(config, model, jax.random.key(0), example_batch),
-  )
+def _abstract_state(optimizer_config, stage: Stage, mesh):
+  """The TrainState's shapes and shardings, without computing it: the restore target.
+
+  orbax returns plain dicts, not a TrainState, when it restores without one.
+  """
+  abstract = jax.eval_shape(lambda: create_train_state(optimizer_config, stage.model, stage.key, stage.example_batch))
   replicated = NamedSharding(mesh, P())
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
 
@@ -278,48 +272,50 @@ def _restore(manager, step: int, abstract_state):
   return restored['state'], restored['meta']
 
 
-def _example_batch(split, config, name):
-  return next(_batches(split, config, MODEL_INPUTS[name]))
-
-
-# ----------------------------------------------------------------------------- one stage
-
-
-def train_stage(config, name: str, workdir: str, train_split, val_split, mesh) -> tuple[train_state.TrainState, dict]:
-  """Trains one model with early stopping and returns (best state, training summary).
+def fit(config, stage: Stage, mesh) -> tuple[train_state.TrainState, dict]:
+  """Trains one stage with early stopping and returns (best state, training summary).
 
   A stage with a DONE file is only restored. Otherwise training starts from the latest
-  checkpoint in `workdir/<name>/checkpoints` if there is one, else from scratch.
+  checkpoint in `<stage dir>/checkpoints` if there is one, else from scratch.
+
+  Args:
+    config: the run's config (optimizer, num_epochs, patience, log_every_secs; all of it
+      goes to TensorBoard's hparams).
+    stage: the model and its batches.
+    mesh: from `make_mesh`.
+
+  Returns:
+    The state of the best epoch, and {'best_epoch', 'best_val_loss', 'epochs_run',
+    'stopped_early', 'history'} (one dict of scalars per epoch in 'history').
 
   Raises:
     FloatingPointError: the training or validation loss is NaN or infinite; the
       checkpoints written so far (all finite) are kept.
   """
-  stage_dir = os.path.join(workdir, name)
+  name, stage_dir = stage.name, stage.directory
   done_path = os.path.join(stage_dir, DONE_FILENAME)
-  model = build_model(name, config)
-  example_batch = _example_batch(train_split, config, name)
-  abstract_state = _abstract_state(config, model, example_batch, mesh)
-  stage_key = jax.random.fold_in(jax.random.key(config.seed), STAGE_INDEX[name])
-  init_rng, dropout_rng = jax.random.split(stage_key)
+  abstract_state = _abstract_state(config.optimizer, stage, mesh)
+  init_rng, dropout_rng = jax.random.split(stage.key)
 
   if os.path.exists(done_path):
-    done = _read_json(done_path)
+    done = read_json(done_path)
     with _checkpoint_manager(stage_dir, read_only=True) as manager:
       state, _ = _restore(manager, done['best_epoch'], abstract_state)
     logging.info("Stage '%s' finished earlier (best epoch %d): restored.", name, done['best_epoch'])
     return state, done
 
-  train_fn, _, _ = _jitted_steps(mesh)
+  train_fn, _, _ = jitted_steps(mesh)
   replicated = NamedSharding(mesh, P())
-  steps_per_epoch = input_pipeline.num_batches(len(train_split['label']), config.batch_size)
+  steps_per_epoch = stage.num_train_batches
   writer = metric_writers.create_default_writer(stage_dir, just_logging=jax.process_index() > 0)
   with contextlib.closing(writer), _checkpoint_manager(stage_dir) as manager:
     latest = manager.latest_step()
     if latest is None:
-      state = jax.device_put(create_train_state(config, model, init_rng, example_batch), replicated)
+      state = jax.device_put(
+        create_train_state(config.optimizer, stage.model, init_rng, stage.example_batch), replicated
+      )
       meta = {'epoch': 0, 'best_epoch': 0, 'best_val_loss': None, 'bad_epochs': 0, 'history': []}
-      writer.write_hparams(_flat_hparams(config))
+      writer.write_hparams(flat_hparams(config))
       logging.info("Stage '%s': training from scratch, %d steps per epoch.", name, steps_per_epoch)
     else:
       state, meta = _restore(manager, latest, abstract_state)
@@ -337,15 +333,15 @@ def train_stage(config, name: str, workdir: str, train_split, val_split, mesh) -
       if stopped_early:
         break
       train_metrics = None
-      shuffle_seed = (config.seed, 2, STAGE_INDEX[name])
-      for batch in _batches(train_split, config, MODEL_INPUTS[name], shuffle_seed=shuffle_seed, epoch=epoch):
-        state, batch_metrics = train_fn(state, _to_device(batch, mesh), dropout_rng)
+      for batch in stage.train_batches(epoch):
+        state, batch_metrics = train_fn(state, to_device(batch, mesh), dropout_rng)
         train_metrics = batch_metrics if train_metrics is None else train_metrics.merge(batch_metrics)
         step += 1
-        report_progress(step)  # Every step: clu's periodic actions must not skip one (trap 10).
+        # Every step: clu's periodic actions never fire on their first call and refuse a skipped step.
+        report_progress(step)
       train_computed = train_metrics.compute()
       with report_progress.timed('eval'):
-        val = evaluate(state, val_split, config, name, mesh)
+        val = evaluate(state, stage.val_batches(), mesh)
       train_loss = float(train_computed['loss'])
       for what, loss in (('training', train_loss), ('validation', val['loss'])):
         if not np.isfinite(loss):
@@ -373,7 +369,7 @@ def train_stage(config, name: str, workdir: str, train_split, val_split, mesh) -
       manager.save(
         epoch,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        # Plain Python floats: orbax fails later, in a background thread, on numpy scalars (trap 8).
+        # Plain Python floats: orbax fails later, in a background thread, on numpy scalars.
         metrics={'val_loss': float(val['loss']), 'epoch': float(epoch)},
       )
       logging.info(
@@ -393,7 +389,7 @@ def train_stage(config, name: str, workdir: str, train_split, val_split, mesh) -
       raise ValueError(f"Stage '{name}' has no finished epoch: config.num_epochs is {config.num_epochs}.")
     state, _ = _restore(manager, best_epoch, abstract_state)
     # One heatmap, of the epoch that is kept: rendering one per epoch costs more than a tiny epoch.
-    val = evaluate(state, val_split, config, name, mesh)
+    val = evaluate(state, stage.val_batches(), mesh)
     writer.write_images(int(state.step), {'val_confusion_matrix': report.confusion_image(val['confusion_matrix'])})
   done = {
     'best_epoch': best_epoch,
@@ -402,31 +398,29 @@ def train_stage(config, name: str, workdir: str, train_split, val_split, mesh) -
     'stopped_early': bool(stopped_early),
     'history': meta['history'],
   }
-  _write_json(done_path, done)
+  write_json(done_path, done)
   logging.info("Stage '%s' done: best epoch %d, val loss %.4f.", name, best_epoch, meta['best_val_loss'])
   return state, done
 
 
-def restore_stage(config, name: str, workdir: str, example_split, mesh) -> tuple[train_state.TrainState, dict]:
+def restore(config, stage: Stage, mesh) -> tuple[train_state.TrainState, dict]:
   """The best checkpoint of a stage, for eval-only runs; a clear error when there is none."""
-  stage_dir = os.path.join(workdir, name)
-  checkpoint_dir = os.path.join(stage_dir, 'checkpoints')
+  checkpoint_dir = os.path.join(stage.directory, 'checkpoints')
   if not os.path.isdir(checkpoint_dir):
     raise FileNotFoundError(
-      f"No checkpoints for stage '{name}' in {checkpoint_dir}: train first (--config.mode=train) or point "
+      f"No checkpoints for stage '{stage.name}' in {checkpoint_dir}: train first (--config.mode=train) or point "
       '--workdir at a trained run.'
     )
-  model = build_model(name, config)
-  abstract_state = _abstract_state(config, model, _example_batch(example_split, config, name), mesh)
-  done_path = os.path.join(stage_dir, DONE_FILENAME)
-  with _checkpoint_manager(stage_dir, read_only=True) as manager:
+  abstract_state = _abstract_state(config.optimizer, stage, mesh)
+  done_path = os.path.join(stage.directory, DONE_FILENAME)
+  with _checkpoint_manager(stage.directory, read_only=True) as manager:
     if os.path.exists(done_path):
-      done = _read_json(done_path)
+      done = read_json(done_path)
       step = done['best_epoch']
     else:
       latest = manager.latest_step()
       if latest is None:
-        raise FileNotFoundError(f"{checkpoint_dir} holds no checkpoint of stage '{name}': train first.")
+        raise FileNotFoundError(f"{checkpoint_dir} holds no checkpoint of stage '{stage.name}': train first.")
       _, meta = _restore(manager, latest, abstract_state)
       step = meta['best_epoch']
       done = {
@@ -436,153 +430,6 @@ def restore_stage(config, name: str, workdir: str, example_split, mesh) -> tuple
         'stopped_early': False,
         'history': meta['history'],
       }
-      logging.warning("Stage '%s' did not finish; evaluating its best epoch so far (%d).", name, step)
+      logging.warning("Stage '%s' did not finish; evaluating its best epoch so far (%d).", stage.name, step)
     state, _ = _restore(manager, step, abstract_state)
   return state, done
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-def _check_partitions(workdir: str, config, clips, partitions, *, train: bool) -> None:
-  """Refuses a workdir whose checkpoints were trained on other partitions (another seed, protocol or data)."""
-  path = os.path.join(workdir, PARTITIONS_FILENAME)
-  current = {name: sorted(clips['clip_id'][indices].tolist()) for name, indices in partitions.items()}
-  if os.path.exists(path):
-    if _read_json(path)['clip_ids'] != current:
-      raise ValueError(
-        f'{workdir} was trained on other partitions than this config draws (seed, data.protocol, fractions or the '
-        f'data differ; see {path}): use a new --workdir, or the config of that run.'
-      )
-  elif train:
-    _write_json(path, {'protocol': config.data.protocol, 'seed': config.seed, 'clip_ids': current})
-
-
-def _stacker_split(states, training, clips, partitions, name, config, workdir, mesh, *, cache: bool) -> dict:
-  """356-D features of one partition from the frozen base models, cached in workdir/features/.
-
-  The cache records which base checkpoints (best epoch and validation loss of each) made
-  it, so features of a base model that was retrained since are computed again.
-  """
-  split = input_pipeline.take(clips, partitions[name])
-  path = os.path.join(workdir, 'features', f'{name}.npz')
-  made_by = np.array([[training[base]['best_epoch'], training[base]['best_val_loss']] for base in BASE_MODELS])
-  if cache and os.path.exists(path):
-    with np.load(path) as saved:
-      if saved['clip_id'].tolist() == split['clip_id'].tolist() and np.array_equal(saved['made_by'], made_by):
-        return {'features': saved['features'], 'label': saved['label'], 'clip_id': saved['clip_id']}
-  features = np.concatenate(
-    [penultimate_features(states[base], split, config, base, mesh) for base in BASE_MODELS], axis=1
-  )  # [N, 256 + 100]
-  result = {'features': features, 'label': split['label'], 'clip_id': split['clip_id']}
-  if cache and jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = path + '.tmp.npz'
-    np.savez(temporary, made_by=made_by, **result)
-    os.replace(temporary, path)
-  return result
-
-
-def _check_config(config) -> None:
-  unknown = [m for m in config.models if m not in MODEL_INPUTS]
-  if unknown or not config.models:
-    raise ValueError(f"config.models must name some of 'audio', 'visual', 'stacker'; got {tuple(config.models)}.")
-  if 'stacker' in config.models and not set(BASE_MODELS) <= set(config.models):
-    raise ValueError(f"config.models {tuple(config.models)}: the stacker needs both 'audio' and 'visual'.")
-  if config.mode not in ('train', 'eval'):
-    raise ValueError(f"config.mode must be 'train' or 'eval'; got {config.mode!r}.")
-  if config.batch_size % jax.device_count():
-    raise ValueError(f'config.batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices.')
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (mode 'train') or restores (mode 'eval') the models of `config.models`, tests them.
-
-  Args:
-    config: see configs/default.py.
-    workdir: checkpoints, TensorBoard events, features, config.json and report.json.
-
-  Returns:
-    The report written to `workdir/report.json` (see `emojax.report.make_report`), with
-    each model's test `loss` and `best_epoch` added to its summary and the training
-    history of each stage under 'training'.
-  """
-  _check_config(config)
-  train = config.mode == 'train'
-  if not train and not os.path.isdir(workdir):
-    raise FileNotFoundError(f'{workdir} does not exist: eval mode needs the workdir of a training run.')
-  clips, info = input_pipeline.load_clips(config)  # Checks dataset_info.json before anything compiles.
-  partitions = input_pipeline.make_partitions(clips, config)
-  if config.data.standardize:
-    base_train = input_pipeline.take(clips, partitions['base_train'])
-    clips = input_pipeline.standardize(clips, input_pipeline.feature_statistics(base_train, ('visual', 'audio')))
-  counts = {name: len(indices) for name, indices in partitions.items()}
-  logging.info('Partitions (%s protocol, seed %d): %s', config.data.protocol, config.seed, counts)
-  mesh = make_mesh()
-  if train:
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
-  else:
-    for name in config.models:  # Every missing checkpoint is reported before any work.
-      checkpoint_dir = os.path.join(workdir, name, 'checkpoints')
-      if not os.path.isdir(checkpoint_dir):
-        raise FileNotFoundError(
-          f"No checkpoints for stage '{name}' in {checkpoint_dir}: train first (--config.mode=train) or point "
-          '--workdir at a trained run.'
-        )
-  _check_partitions(workdir, config, clips, partitions, train=train)
-
-  def stage(name, train_split, val_split):
-    if train:
-      return train_stage(config, name, workdir, train_split, val_split, mesh)
-    return restore_stage(config, name, workdir, train_split, mesh)
-
-  states, training, results = {}, {}, {}
-  test_split = input_pipeline.take(clips, partitions['test'])
-  for name in BASE_MODELS:
-    if name in config.models:
-      base_train = input_pipeline.take(clips, partitions['base_train'])
-      base_val = input_pipeline.take(clips, partitions['base_val'])
-      states[name], training[name] = stage(name, base_train, base_val)
-      results[name] = evaluate(states[name], test_split, config, name, mesh)
-  if 'stacker' in config.models:
-    features = {
-      name: _stacker_split(states, training, clips, partitions, name, config, workdir, mesh, cache=train)
-      for name in ('stack_train', 'stack_val', 'test')
-    }
-    if config.data.standardize:
-      statistics = input_pipeline.feature_statistics(features['stack_train'], ('features',))
-      features = {name: input_pipeline.standardize(split, statistics) for name, split in features.items()}
-    states['stacker'], training['stacker'] = stage('stacker', features['stack_train'], features['stack_val'])
-    results['stacker'] = evaluate(states['stacker'], features['test'], config, 'stacker', mesh)
-
-  summaries = {}
-  for name, result in results.items():
-    summaries[name] = report.summarize(result['confusion_matrix'])
-    best_epoch = training[name]['best_epoch']
-    # As Keras reports it (and the thesis' train column): the running mean over the best epoch's batches.
-    best = next(epoch for epoch in training[name]['history'] if epoch['epoch'] == best_epoch)
-    summaries[name].update(loss=result['loss'], best_epoch=best_epoch, train_accuracy=best['train_accuracy'])
-    if jax.process_index() == 0:
-      step = int(states[name].step)
-      writer = metric_writers.create_default_writer(os.path.join(workdir, name))
-      writer.write_scalars(step, {'test_loss': result['loss'], 'test_accuracy': result['accuracy']})
-      writer.write_images(step, {'test_confusion_matrix': report.confusion_image(result['confusion_matrix'])})
-      writer.close()
-  final = report.make_report(
-    summaries,
-    protocol=config.data.protocol,
-    seed=config.seed,
-    partitions=counts,
-    dataset={
-      'dir': os.path.abspath(config.data.dir),
-      'num_clips': len(clips['label']),
-      'stand_in_extractors': input_pipeline.uses_stand_in_extractors(info),
-    },
-  )
-  final['training'] = {name: training[name] for name in results}
-  if jax.process_index() == 0:
-    path = report.write_report(workdir, final)
-    logging.info('Wrote %s', path)
-    print(report.format_report(final), flush=True)
-  return final

@@ -1,9 +1,10 @@
-"""Tests for emojax.train: steps, end-to-end stacking, eval-only, resume, devices, failures.
+"""Tests for emojax.train and emojax.experiment: steps, end-to-end stacking, eval-only, resume, devices, failures.
 
 One tiny stacking run on fake schema-v1 TFRecords (6 actors x 28 clips) is shared by most
 tests; later runs in the same process reuse its compiled steps.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from configs import stack
-from emojax import fake_records, input_pipeline, train
+from emojax import experiment, fake_records, input_pipeline, models, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +52,7 @@ def data_dir(tmp_path_factory):
 def trained(data_dir, tmp_path_factory):
   """(workdir, report) of one uninterrupted stacking run."""
   workdir = str(tmp_path_factory.mktemp('run'))
-  return workdir, train.train_and_evaluate(tiny_config(data_dir), workdir)
+  return workdir, experiment.run(tiny_config(data_dir), workdir)
 
 
 def test_stacking_end_to_end_beats_chance_and_writes_report(trained):
@@ -88,7 +89,7 @@ def test_eval_only_reproduces_report(trained, data_dir):
   workdir, report = trained
   with open(os.path.join(workdir, 'report.json')) as f:
     before = f.read()
-  again = train.train_and_evaluate(tiny_config(data_dir, mode='eval'), workdir)
+  again = experiment.run(tiny_config(data_dir, mode='eval'), workdir)
   assert again == report
   with open(os.path.join(workdir, 'report.json')) as f:
     assert f.read() == before
@@ -96,30 +97,36 @@ def test_eval_only_reproduces_report(trained, data_dir):
 
 def test_eval_without_checkpoints_is_a_clear_error(data_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"No checkpoints for stage 'audio' in .*train first"):
-    train.train_and_evaluate(tiny_config(data_dir, mode='eval'), str(tmp_path))
+    experiment.run(tiny_config(data_dir, mode='eval'), str(tmp_path))
 
 
 def test_interrupted_run_resumes_to_the_same_report(trained, data_dir, tmp_path, monkeypatch):
   _, uninterrupted = trained
   workdir = str(tmp_path)
-  evaluate = train.evaluate
+  fit = train.fit
   visual_evals = []
 
-  def interrupt_in_visual_epoch_3(state, split, config, name, mesh):
-    if name == 'visual':
-      visual_evals.append(1)
-      if len(visual_evals) == 3:  # After epoch 3's training, before its checkpoint: like a kill.
-        raise KeyboardInterrupt
-    return evaluate(state, split, config, name, mesh)
+  def interrupt_in_visual_epoch_3(config, stage, mesh):
+    if stage.name == 'visual':
+      val_batches = stage.val_batches
 
-  monkeypatch.setattr(train, 'evaluate', interrupt_in_visual_epoch_3)
+      def counting_val_batches():
+        visual_evals.append(1)
+        if len(visual_evals) == 3:  # After epoch 3's training, before its checkpoint: like a kill.
+          raise KeyboardInterrupt
+        return val_batches()
+
+      stage = dataclasses.replace(stage, val_batches=counting_val_batches)
+    return fit(config, stage, mesh)
+
+  monkeypatch.setattr(train, 'fit', interrupt_in_visual_epoch_3)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(tiny_config(data_dir), workdir)
+    experiment.run(tiny_config(data_dir), workdir)
   monkeypatch.undo()
   assert os.path.exists(os.path.join(workdir, 'audio', train.DONE_FILENAME))
   assert not os.path.exists(os.path.join(workdir, 'visual', train.DONE_FILENAME))
   assert not os.path.exists(os.path.join(workdir, 'report.json'))
-  resumed = train.train_and_evaluate(tiny_config(data_dir), workdir)
+  resumed = experiment.run(tiny_config(data_dir), workdir)
   assert resumed == uninterrupted
 
 
@@ -128,10 +135,10 @@ def test_four_devices_give_the_same_losses(trained, data_dir, tmp_path):
   config = tiny_config(data_dir, models=('audio', 'visual'), num_epochs=2)
   script = (
     'import json, sys, jax, ml_collections\n'
-    'from emojax import train\n'
+    'from emojax import experiment\n'
     'assert jax.device_count() == 4, jax.devices()\n'
     'config = ml_collections.ConfigDict(json.loads(sys.argv[1]))\n'
-    'report = train.train_and_evaluate(config, sys.argv[2])\n'
+    'report = experiment.run(config, sys.argv[2])\n'
     'print("TRAINING=" + json.dumps(report["training"]))\n'
   )
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
@@ -158,7 +165,7 @@ def test_nan_loss_stops_with_a_clear_message(data_dir, tmp_path):
   config = tiny_config(data_dir, models=('audio',), num_epochs=3)
   config.optimizer.learning_rate = 1e30
   with pytest.raises(FloatingPointError, match=r"Stage 'audio': the (training|validation) loss is (nan|inf)"):
-    train.train_and_evaluate(config, str(tmp_path))
+    experiment.run(config, str(tmp_path))
   assert not os.path.exists(os.path.join(str(tmp_path), 'audio', train.DONE_FILENAME))
 
 
@@ -169,19 +176,19 @@ def _one_batch(name, data_dir, config):
   else:
     clips, _ = input_pipeline.load_clips(config)
     split = input_pipeline.take(clips, np.arange(16))
-  return next(input_pipeline.batches(split, 16, keys=train.MODEL_INPUTS[name], time_bucket=config.data.time_bucket))
+  return next(input_pipeline.batches(split, 16, keys=models.MODELS[name].inputs, time_bucket=config.data.time_bucket))
 
 
 @pytest.mark.parametrize('name', ['audio', 'visual', 'stacker'])
 def test_one_step_changes_every_parameter(name, data_dir):
   config = tiny_config(data_dir)
-  model = train.build_model(name, config)
+  model = models.build_model(name, config.model)
   batch = _one_batch(name, data_dir, config)
-  state = train.create_train_state(config, model, jax.random.key(0), batch)
+  state = train.create_train_state(config.optimizer, model, jax.random.key(0), batch)
   mesh = train.make_mesh()
-  train_fn, _, _ = train._jitted_steps(mesh)
+  train_fn, _, _ = train.jitted_steps(mesh)
   before = jax.device_get(state.params)
-  new_state, batch_metrics = train_fn(state, train._to_device(batch, mesh), jax.random.key(1))
+  new_state, batch_metrics = train_fn(state, train.to_device(batch, mesh), jax.random.key(1))
   after = jax.device_get(new_state.params)
   changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, after)
   assert all(jax.tree.leaves(changed)), changed
@@ -201,7 +208,7 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint(data_dir, tmp_path,
 
   monkeypatch.setattr(train, 'evaluate', evaluate_with_nan_from_epoch_two)
   with pytest.raises(FloatingPointError, match=r'validation loss is nan in epoch 2.*\(epoch 1\) is kept'):
-    train.train_and_evaluate(config, str(tmp_path))
+    experiment.run(config, str(tmp_path))
   with train._checkpoint_manager(str(tmp_path / 'audio'), read_only=True) as manager:
     assert manager.all_steps() == [1]
     meta = manager.restore(1, args=train.ocp.args.Composite(meta=train.ocp.args.JsonRestore()))['meta']
