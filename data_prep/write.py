@@ -25,7 +25,7 @@ import os
 from emojax import ravdess, schema
 
 SETTINGS_FILE = 'settings.json'
-SHARD_INFO_DIR = 'shard_info'
+SHARD_INFO_DIR = schema.SHARD_INFO_DIR
 TMP_PREFIX = '.tmp-'
 
 
@@ -38,8 +38,7 @@ def shard_path(output_dir: str, index: int, num_shards: int) -> str:
 
 
 def shard_info_path(output_dir: str, index: int, num_shards: int) -> str:
-  name = os.path.splitext(schema.shard_name(index, num_shards))[0] + '.json'
-  return os.path.join(output_dir, SHARD_INFO_DIR, name)
+  return os.path.join(output_dir, SHARD_INFO_DIR, schema.shard_info_name(schema.shard_name(index, num_shards)))
 
 
 def _tmp_path(path: str) -> str:

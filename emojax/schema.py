@@ -4,8 +4,11 @@ One `tf.train.SequenceExample` per clip:
   context: clip metadata (`INT_CONTEXT`, `FLOAT_CONTEXT`, `BYTES_CONTEXT`).
   feature_lists: `visual_embedding` ([num_frames, 512] VGG16 features at
     `fps`) and `audio_embedding` ([num_audio_frames, 128] VGGish rows).
-Shards are `ravdess-NNNNN-of-MMMMM.tfrecord` beside `dataset_info.json`.
+Shards are `ravdess-NNNNN-of-MMMMM.tfrecord` beside `dataset_info.json`; data_prep keeps
+a summary of each in `shard_info/ravdess-NNNNN-of-MMMMM.json`.
 """
+
+import os
 
 import numpy as np
 
@@ -34,10 +37,16 @@ BYTES_CONTEXT = ('clip_id', 'video_source', 'audio_source')
 
 DATASET_INFO = 'dataset_info.json'
 SHARD_GLOB = 'ravdess-*-of-*.tfrecord'
+SHARD_INFO_DIR = 'shard_info'
 
 
 def shard_name(index: int, num_shards: int) -> str:
   return f'ravdess-{index:05d}-of-{num_shards:05d}.tfrecord'
+
+
+def shard_info_name(shard: str) -> str:
+  """The name of `shard`'s summary inside `SHARD_INFO_DIR` (a shard counts as built only when both exist)."""
+  return os.path.splitext(shard)[0] + '.json'
 
 
 def to_sequence_example(context: dict, visual_embedding: np.ndarray, audio_embedding: np.ndarray) -> bytes:
