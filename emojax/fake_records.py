@@ -56,6 +56,7 @@ def write_fake_dataset(
   seed: int = 0,
   separation: float = 1.0,
   fps: float = 45.0,
+  modalities: tuple[str, ...] = ('audio', 'visual'),
 ) -> str:
   """Writes fake schema-v1 shards and `dataset_info.json` into `out_dir`.
 
@@ -70,6 +71,8 @@ def write_fake_dataset(
     seed: everything random derives from it; the same arguments give the same files.
     separation: length of the class signal relative to unit noise per feature.
     fps: recorded in the context and in `settings`.
+    modalities: the embeddings written, as `build_tfrecords.py --modalities`: a clip of a
+      build without 'visual' has 0 frames, one without 'audio' 0 rows.
 
   Returns:
     `out_dir`.
@@ -80,6 +83,8 @@ def write_fake_dataset(
     raise ValueError(f'clips_per_actor must be in 1..{MAX_CLIPS_PER_ACTOR}, got {clips_per_actor}.')
   if not 1 <= num_actors <= ravdess.NUM_ACTORS:
     raise ValueError(f'num_actors must be in 1..{ravdess.NUM_ACTORS}, got {num_actors}.')
+  if not modalities or set(modalities) - {'audio', 'visual'}:
+    raise ValueError(f"modalities must be some of ('audio', 'visual'), got {modalities}.")
   if not 1 <= min_frames <= max_frames:
     raise ValueError(f'Need 1 <= min_frames <= max_frames, got {min_frames} and {max_frames}.')
   rng = np.random.default_rng(seed)
@@ -103,8 +108,8 @@ def write_fake_dataset(
       for label, intensity, statement, repetition in slots:
         code = _EMOTION_CODES[label]
         name = ravdess.ClipName(ravdess.MODALITY_AUDIO_VIDEO, 1, code, intensity, statement, repetition, actor)
-        num_frames = int(rng.integers(min_frames, max_frames + 1))
-        num_rows = max(1, num_audio_frames + int(rng.integers(-1, 2)))
+        num_frames = int(rng.integers(min_frames, max_frames + 1)) if 'visual' in modalities else 0
+        num_rows = max(1, num_audio_frames + int(rng.integers(-1, 2))) if 'audio' in modalities else 0
         # The expression rises and falls over the clip, as a face does.
         envelope = np.sin(np.pi * (np.arange(num_frames) + 0.5) / num_frames)[:, None]  # [frames, 1]
         visual = (
@@ -149,9 +154,16 @@ def write_fake_dataset(
   info = {
     'schema_version': schema.SCHEMA_VERSION,
     'fake': 'Random embeddings with a learnable class structure from emojax.fake_records, for tests only.',
-    'settings': {'fps': fps, 'num_audio_frames': num_audio_frames, 'separation': separation, 'seed': seed},
+    'settings': {
+      'fps': fps,
+      'num_audio_frames': num_audio_frames,
+      'separation': separation,
+      'seed': seed,
+      'modalities': list(modalities),
+    },
     'input': {'input_dir': None},
-    'extractors': {'visual': 'fake', 'audio': 'fake'},
+    # Shaped as data_prep's extractor identities; the top-level 'fake' marks them as stand-ins.
+    'extractors': {'vgg16': {'weights': 'fake'}, 'vggish': {'handle': 'fake'}},
     'feature_dims': dict(schema.FEATURE_DIMS),
     'emotions': list(ravdess.EMOTIONS),
     'num_clips': len(clips),
