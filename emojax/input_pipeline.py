@@ -13,9 +13,12 @@ the LSTM's work proportional to the real lengths while bounding the number of sh
 compiles.
 """
 
+import collections
 import glob
 import json
 import os
+import re
+import reprlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -27,8 +30,49 @@ from emojax import ravdess, schema
 Split = dict[str, np.ndarray]
 
 
+# The fields of dataset_info.json that emojax reads and their JSON types, each parent before
+# its children: 'a.b' is key b of object a, '*' every key of an object, '[]' every item of a list.
+DATASET_INFO_FIELDS = {
+  'schema_version': int,
+  'feature_dims': dict,
+  'feature_dims.*': int,
+  'num_clips': int,
+  'shards': list,
+  'shards[]': dict,
+  'shards[].name': str,
+  'shards[].num_clips': int,
+  'settings': dict,
+  'settings.modalities': list,
+  'settings.modalities[]': str,
+  'extractors': dict,
+  'extractors.*': dict,
+  'fake': (str, bool),
+}
+# Those load_clips cannot do without; the others have a meaning when absent.
+REQUIRED_DATASET_INFO_FIELDS = ('schema_version', 'feature_dims', 'num_clips', 'shards', 'shards[].name')
+_JSON_TYPE_NAMES = {
+  int: 'an integer',
+  float: 'a number',
+  str: 'a string',
+  bool: 'a boolean',
+  list: 'a list',
+  dict: 'an object',
+}
+
+MODALITIES = ('audio', 'visual')
+# The embeddings each model reads; the stacker reads the penultimate features of both base models.
+MODEL_MODALITIES = {'audio': ('audio',), 'visual': ('visual',), 'stacker': ('audio', 'visual')}
+
+_REWRITE_INFO = 'rerun the same data_prep/build_tfrecords.py command, which rewrites it from the shard summaries'
+
+
 def read_dataset_info(data_dir: str | None) -> dict:
-  """Reads `data_dir/dataset_info.json`; a missing directory or file names the path."""
+  """Reads `data_dir/dataset_info.json`.
+
+  Raises:
+    FileNotFoundError: the directory or the file is missing (naming the path).
+    ValueError: the file is not a JSON object (naming the file and where the JSON breaks).
+  """
   if not data_dir:
     raise ValueError(
       'config.data.dir is not set: pass --config.data.dir=DIR, the output of data_prep/build_tfrecords.py.'
@@ -42,18 +86,95 @@ def read_dataset_info(data_dir: str | None) -> dict:
     raise FileNotFoundError(
       f'{path} does not exist: {data_dir} is not a finished data_prep output (build_tfrecords.py writes it last).'
     )
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding='utf-8') as f:
+      info = json.load(f)
+  except json.JSONDecodeError as error:
+    raise ValueError(
+      f'{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): {_REWRITE_INFO}.'
+    ) from None
+  except UnicodeDecodeError:
+    raise ValueError(f'{path} is not valid JSON (it is not UTF-8 text): {_REWRITE_INFO}.') from None
+  if not isinstance(info, dict):
+    raise ValueError(f'{path} holds {_json_type_name(info)} where a JSON object belongs: {_REWRITE_INFO}.')
+  return info
+
+
+def _json_type_name(value) -> str:
+  # Most specific first: a JSON true loads as bool, which Python also counts as an int.
+  return next((name for kind, name in reversed(_JSON_TYPE_NAMES.items()) if isinstance(value, kind)), 'null')
+
+
+def _field_values(info: dict, field: str) -> list[tuple[str, object]]:
+  """(where, value) of every value that `field` (a key of `DATASET_INFO_FIELDS`) names in `info`."""
+  found = [('', info)]
+  for part in field.split('.'):
+    key = part.removesuffix('[]')
+    step = []
+    for where, value in found:
+      prefix = f'{where}.' if where else ''
+      if key == '*':
+        step += [(prefix + k, v) for k, v in value.items()]
+      elif key in value:
+        step.append((prefix + key, value[key]))
+    if part.endswith('[]'):
+      step = [(f'{where}[{i}]', item) for where, items in step for i, item in enumerate(items)]
+    found = step
+  return found
+
+
+def _check_field_types(info: dict, path: str) -> None:
+  """Raises ValueError naming the first field of `DATASET_INFO_FIELDS` that holds another JSON type."""
+  for field, expected in DATASET_INFO_FIELDS.items():
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    # Parents come first in the table, so every container walked here was checked already.
+    for where, value in _field_values(info, field):
+      if _json_type_name(value) not in (_JSON_TYPE_NAMES[kind] for kind in expected):
+        wanted = ' or '.join(_JSON_TYPE_NAMES[kind] for kind in expected)
+        raise ValueError(
+          f'{path} has {where} = {reprlib.repr(value)}, {_json_type_name(value)} where emojax expects {wanted}: '
+          f'{_REWRITE_INFO}, or correct that field.'
+        )
+
+
+def _check_required_fields(info: dict, path: str) -> None:
+  for field in REQUIRED_DATASET_INFO_FIELDS:
+    parent, _, key = field.rpartition('.')
+    for where, value in _field_values(info, parent) if parent else [('', info)]:
+      if key not in value:
+        raise ValueError(
+          f'{path} has no field {f"{where}.{key}" if where else key}, which emojax needs: {_REWRITE_INFO}.'
+        )
+
+
+def required_modalities(models: Sequence[str]) -> tuple[str, ...]:
+  """The embeddings (`MODALITIES`) that training `models` reads, e.g. ('audio',) for ('audio',)."""
+  unknown = [name for name in models if name not in MODEL_MODALITIES]
+  if unknown:
+    raise ValueError(f'config.models has unknown models {unknown}: choose from {tuple(MODEL_MODALITIES)}.')
+  return tuple(m for m in MODALITIES if any(m in MODEL_MODALITIES[name] for name in models))
+
+
+def dataset_modalities(info: dict) -> tuple[str, ...]:
+  """The embeddings the records hold: `settings.modalities`, or both for builds older than that setting."""
+  return tuple(info.get('settings', {}).get('modalities', MODALITIES))
 
 
 def check_dataset_info(info: dict, config, path: str = schema.DATASET_INFO) -> None:
-  """Raises ValueError when the data was written with another schema or feature dims than the config expects."""
+  """Raises ValueError unless `info` is a well-formed dataset_info.json that fits the config.
+
+  In this order: the schema version (another version may have other fields), the JSON type of
+  every field emojax reads (`DATASET_INFO_FIELDS`), the feature dims, the fields that must be
+  present, and the modalities `config.models` needs. Each error is one sentence naming the
+  file, the field and what to do.
+  """
   version = info.get('schema_version')
   if version != config.data.schema_version:
     raise ValueError(
       f'{path} has schema_version {version!r}, but config.data.schema_version is {config.data.schema_version}: '
       'rebuild the TFRecords with this version of data_prep, or use the emojax version that wrote them.'
     )
+  _check_field_types(info, path)
   dims = info.get('feature_dims') or {}
   for key, expected in config.data.feature_dims.items():
     if dims.get(key) != expected:
@@ -61,6 +182,19 @@ def check_dataset_info(info: dict, config, path: str = schema.DATASET_INFO) -> N
         f'{path} has feature_dims.{key} = {dims.get(key)!r}, but config.data.feature_dims.{key} is {expected}: '
         'the features were extracted with a different network.'
       )
+  _check_required_fields(info, path)
+  present = dataset_modalities(info)
+  if not present or set(present) - set(MODALITIES):
+    raise ValueError(
+      f'{path} has settings.modalities = {list(present)}: expected some of {list(MODALITIES)}; {_REWRITE_INFO}.'
+    )
+  missing = [m for m in required_modalities(config.models) if m not in present]
+  if missing:
+    raise ValueError(
+      f'{path} holds {" and ".join(present)} only (settings.modalities = {list(present)}); config.models '
+      f'{tuple(config.models)} needs {" and ".join(missing)} too: train '
+      f'{" or ".join(f"configs/{m}.py" for m in present)}, or rebuild with --modalities={",".join(MODALITIES)}.'
+    )
 
 
 def uses_stand_in_extractors(info: dict) -> bool:
@@ -73,25 +207,165 @@ def uses_stand_in_extractors(info: dict) -> bool:
   )
 
 
-def _parse(serialized):
+def _shard_paths(data_dir: str, info: dict) -> list[str]:
+  """The paths of the shards `info` lists, after checking that the directory holds exactly those.
+
+  Raises:
+    FileNotFoundError: a listed shard is not on disk.
+    ValueError: a shard on disk is not listed (left from another build, which would mix clips in).
+  """
+  info_path = os.path.join(data_dir, schema.DATASET_INFO)
+  listed = [shard['name'] for shard in info['shards']]
+  if not listed:
+    raise FileNotFoundError(f'{info_path} lists no shards: {data_dir} holds no clips; rerun data_prep.')
+  missing = [name for name in listed if not os.path.isfile(os.path.join(data_dir, name))]
+  if missing:
+    raise FileNotFoundError(
+      f'{data_dir} lacks {len(missing)} of the {len(listed)} shards {info_path} lists ({", ".join(missing[:3])}'
+      f'{", ..." if len(missing) > 3 else ""}): copy them back, or rerun the same data_prep/build_tfrecords.py '
+      'command, which rebuilds the missing shards.'
+    )
+  unlisted = sorted({os.path.basename(p) for p in glob.glob(os.path.join(data_dir, schema.SHARD_GLOB))} - set(listed))
+  if unlisted:
+    raise ValueError(
+      f'{data_dir} holds {len(unlisted)} shards that {info_path} does not list ({", ".join(unlisted[:3])}'
+      f'{", ..." if len(unlisted) > 3 else ""}): they are left from another build; move them out of the directory.'
+    )
+  return [os.path.join(data_dir, name) for name in listed]
+
+
+def _parse(shard, serialized):
+  """One record -> the fields load_clips keeps, plus `shard` (an index into the shard list) and finiteness flags."""
   import tensorflow as tf
 
   context, sequences = schema.parse_sequence_example(serialized)
+  visual = sequences[schema.VISUAL_KEY]  # [frames, 512]
+  audio = sequences[schema.AUDIO_KEY]  # [rows, 128]
   return {
+    'shard': shard,
     'clip_id': context['clip_id'],
     'label': tf.cast(context['label'], tf.int32),
+    'emotion_code': tf.cast(context['emotion_code'], tf.int32),
     'actor': tf.cast(context['actor'], tf.int32),
     'gender': tf.cast(context['gender'], tf.int32),
-    'visual': sequences[schema.VISUAL_KEY],  # [frames, 512]
-    'audio': sequences[schema.AUDIO_KEY],  # [rows, 128]
+    'visual': visual,
+    'audio': audio,
+    # Checked here, in tf.data's parallel map, so the host loop never scans the embeddings.
+    'visual_finite': tf.reduce_all(tf.math.is_finite(visual)),
+    'audio_finite': tf.reduce_all(tf.math.is_finite(audio)),
   }
+
+
+def _tf_reason(error) -> str:
+  """TensorFlow's message without the graph node and op it wraps around it: 'corrupted record at 12'."""
+  message = re.sub(r'\{\{.*?\}\}', '', error.message).split('\n')[0].split(' [Op:')[0]
+  return message.split("' failed with")[0].strip().rstrip('.')
+
+
+def _rebuild_shard(path: str) -> str:
+  """How to rebuild one shard: data_prep rebuilds exactly the shards whose file or summary is missing, byte-identical."""
+  summary = os.path.join(os.path.dirname(path), schema.SHARD_INFO_DIR, schema.shard_info_name(os.path.basename(path)))
+  return f'delete it and {summary}, then rerun the same data_prep/build_tfrecords.py command to rebuild it'
+
+
+def _shard_error(path: str, error) -> ValueError:
+  """One sentence for a shard TensorFlow could not read or parse: which, why, and how to rebuild it."""
+  import tensorflow as tf
+
+  if isinstance(error, tf.errors.DataLossError):  # A TFRecord CRC failed: truncated, or bytes changed.
+    return ValueError(f'{path} is damaged ({_tf_reason(error)}): {_rebuild_shard(path)}.')
+  return ValueError(
+    f'{path} holds a record that is not a schema-v1 clip ({_tf_reason(error)}): {_rebuild_shard(path)}.'
+  )
+
+
+def _read_shards(paths: Sequence[str]) -> list[dict]:
+  """Parses every record of `paths` into numpy dicts (see `_parse`); a shard that fails is named.
+
+  The shards are interleaved (as TFRecordDataset(paths, num_parallel_reads=...) does) with
+  each record carrying its shard's index. TensorFlow's errors for a damaged file name no
+  file, so when the joint read fails, each shard is read alone to find the one at fault:
+  that second pass costs only on the failing path.
+
+  Raises:
+    ValueError: a shard is damaged (a TFRecord CRC failed) or holds a record that is not a
+      schema-v1 clip, naming the shard and how to rebuild it.
+  """
+  import tensorflow as tf
+
+  names = tf.constant(list(paths))
+  parallel = min(len(paths), 8)
+  dataset = tf.data.Dataset.range(len(paths)).interleave(
+    lambda i: tf.data.TFRecordDataset(names[i]).map(lambda record: (i, record)),
+    cycle_length=parallel,
+    num_parallel_calls=parallel,
+  )
+  dataset = dataset.map(_parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+  try:
+    return list(dataset.as_numpy_iterator())
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+    for path in paths:
+      try:
+        for _ in tf.data.TFRecordDataset(path).map(lambda record: _parse(0, record)):
+          pass
+      except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as shard_error:
+        raise _shard_error(path, shard_error) from None
+    raise  # Every shard reads alone: not a fault of one file, so TensorFlow's message is all there is.
+
+
+def _label_of(emotion_code: int) -> int:
+  """The label data_prep writes for a RAVDESS emotion code: the class index, or -1 for calm."""
+  label = ravdess.label_of(emotion_code)
+  return -1 if label is None else label
+
+
+def _check_records(records: Sequence[dict], paths: Sequence[str], info: dict, info_path: str) -> None:
+  """Raises ValueError naming the shard whose clip count is off, or the first clip whose data is impossible."""
+  counts = collections.Counter(int(r['shard']) for r in records)
+  for index, shard in enumerate(info['shards']):
+    if shard.get('num_clips', counts[index]) != counts[index]:
+      raise ValueError(
+        f'{paths[index]} holds {counts[index]} clips, but {info_path} lists {shard["num_clips"]}: the shard was '
+        f'replaced after the dataset was built; {_rebuild_shard(paths[index])}.'
+      )
+  if info['num_clips'] != len(records):
+    raise ValueError(
+      f'{info_path} says num_clips = {info["num_clips"]}, but its {len(paths)} shards hold {len(records)} clips: '
+      f'{_REWRITE_INFO}.'
+    )
+  for r in records:
+    path = paths[r['shard']]
+    where = f'Clip {r["clip_id"].decode()} in {path}'
+    for key in ('visual', 'audio'):
+      if not r[f'{key}_finite']:
+        raise ValueError(
+          f'{where} has NaN or inf in its {key} embedding: {_rebuild_shard(path)}, and if it comes back, check that '
+          "clip's media file."
+        )
+    code, label = int(r['emotion_code']), int(r['label'])
+    problem = None
+    if code not in ravdess.EMOTION_NAMES:
+      problem = f"emotion_code {code}, outside RAVDESS' 1..{max(ravdess.EMOTION_NAMES)}"
+    elif not -1 <= label < ravdess.NUM_CLASSES:
+      problem = f'label {label}, outside -1 (calm) and 0..{ravdess.NUM_CLASSES - 1}'
+    elif label != _label_of(code):
+      emotion = ravdess.EMOTION_NAMES[code]
+      problem = f'label {label} but emotion_code {code} ({emotion}), whose label is {_label_of(code)}'
+    if problem:
+      raise ValueError(
+        f'{where} has {problem}: the shard was not written by this data_prep or was altered; {_rebuild_shard(path)}.'
+      )
 
 
 def load_clips(config) -> tuple[Split, dict]:
   """Reads every shard of `config.data.dir` into host arrays, sorted by clip id.
 
-  The dataset_info.json check runs first, so a mismatch fails before anything is read or
-  compiled. TensorFlow is kept off the GPUs: it only parses records here.
+  Bad data fails here, before anything is compiled, with one sentence naming the file or
+  the clip: dataset_info.json that is not valid JSON, holds a field of the wrong type or
+  does not fit the config (`check_dataset_info`); a shard missing, unlisted, damaged or
+  holding the wrong number of clips; a clip with NaN or inf in an embedding, or with a label
+  that disagrees with its emotion code. TensorFlow is kept off the GPUs: it only parses
+  records here.
 
   Returns:
     (clips, info): clips holds
@@ -109,22 +383,14 @@ def load_clips(config) -> tuple[Split, dict]:
     pass
   data_dir = config.data.dir
   info = read_dataset_info(data_dir)
-  check_dataset_info(info, config, os.path.join(data_dir, schema.DATASET_INFO))
-  files = sorted(glob.glob(os.path.join(data_dir, schema.SHARD_GLOB)))
-  if not files:
-    raise FileNotFoundError(f'No shards matching {schema.SHARD_GLOB} in {data_dir}.')
+  info_path = os.path.join(data_dir, schema.DATASET_INFO)
+  check_dataset_info(info, config, info_path)
+  files = _shard_paths(data_dir, info)
 
   max_frames = config.data.max_frames
   num_audio_frames = config.model.audio.num_audio_frames
-  dataset = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
-  dataset = dataset.map(_parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-  records = list(dataset.as_numpy_iterator())
-  expected = info.get('num_clips')
-  if expected is not None and expected != len(records):
-    raise ValueError(
-      f'{os.path.join(data_dir, schema.DATASET_INFO)} says num_clips = {expected}, but the {len(files)} shards hold '
-      f'{len(records)} clips: a shard is missing or data_prep has not finished.'
-    )
+  records = _read_shards(files)
+  _check_records(records, files, info, info_path)
   in_classes = [r for r in records if 0 <= r['label'] < ravdess.NUM_CLASSES]
   if len(in_classes) < len(records):
     logging.warning('Leaving out %d clips whose label is outside the 7 classes.', len(records) - len(in_classes))
@@ -156,7 +422,7 @@ def load_clips(config) -> tuple[Split, dict]:
       max_frames,
       int(lengths.max()),
     )
-  if np.any(lengths == 0):
+  if np.any(lengths == 0) and 'visual' in dataset_modalities(info):  # Audio-only builds have none by design.
     logging.warning('%d clips have no visual frames; each is given one zero frame.', int(np.sum(lengths == 0)))
   clips = {
     'visual': visual,
