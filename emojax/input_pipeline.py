@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import logging
 
-from emojax import ravdess, schema
+from emojax import models, ravdess, schema
 
 # Host arrays of one partition (or of all clips), keyed like the batches; first axis = clip.
 Split = dict[str, np.ndarray]
@@ -59,9 +59,8 @@ _JSON_TYPE_NAMES = {
   dict: 'an object',
 }
 
+# The embeddings a dataset can hold (build_tfrecords.py --modalities), named as the batch keys.
 MODALITIES = ('audio', 'visual')
-# The embeddings each model reads; the stacker reads the penultimate features of both base models.
-MODEL_MODALITIES = {'audio': ('audio',), 'visual': ('visual',), 'stacker': ('audio', 'visual')}
 
 _REWRITE_INFO = 'rerun the same data_prep/build_tfrecords.py command, which rewrites it from the shard summaries'
 
@@ -147,12 +146,17 @@ def _check_required_fields(info: dict, path: str) -> None:
         )
 
 
-def required_modalities(models: Sequence[str]) -> tuple[str, ...]:
-  """The embeddings (`MODALITIES`) that training `models` reads, e.g. ('audio',) for ('audio',)."""
-  unknown = [name for name in models if name not in MODEL_MODALITIES]
+def required_modalities(names: Sequence[str]) -> tuple[str, ...]:
+  """The embeddings (`MODALITIES`) that training the models `names` reads, from `models.MODELS`.
+
+  A base model reads the modalities among its batch inputs; a stacked model reads every
+  base model's features, so it needs all of theirs.
+  """
+  unknown = [name for name in names if name not in models.MODELS]
   if unknown:
-    raise ValueError(f'config.models has unknown models {unknown}: choose from {tuple(MODEL_MODALITIES)}.')
-  return tuple(m for m in MODALITIES if any(m in MODEL_MODALITIES[name] for name in models))
+    raise ValueError(f'config.models has unknown models {unknown}: choose from {tuple(models.MODELS)}.')
+  readers = {base for name in names for base in (models.BASE_MODELS if models.MODELS[name].stacked else (name,))}
+  return tuple(m for m in MODALITIES if any(m in models.MODELS[name].inputs for name in readers))
 
 
 def dataset_modalities(info: dict) -> tuple[str, ...]:
