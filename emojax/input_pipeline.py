@@ -13,7 +13,6 @@ the LSTM's work proportional to the real lengths while bounding the number of sh
 compiles.
 """
 
-import collections
 import glob
 import json
 import os
@@ -238,15 +237,14 @@ def _shard_paths(data_dir: str, info: dict) -> list[str]:
   return [os.path.join(data_dir, name) for name in listed]
 
 
-def _parse(shard, serialized):
-  """One record -> the fields load_clips keeps, plus `shard` (an index into the shard list) and finiteness flags."""
+def _parse(serialized):
+  """One record -> the fields load_clips keeps, and whether each embedding is finite."""
   import tensorflow as tf
 
   context, sequences = schema.parse_sequence_example(serialized)
   visual = sequences[schema.VISUAL_KEY]  # [frames, 512]
   audio = sequences[schema.AUDIO_KEY]  # [rows, 128]
   return {
-    'shard': shard,
     'clip_id': context['clip_id'],
     'label': tf.cast(context['label'], tf.int32),
     'emotion_code': tf.cast(context['emotion_code'], tf.int32),
@@ -272,49 +270,44 @@ def _rebuild_shard(path: str) -> str:
   return f'delete it and {summary}, then rerun the same data_prep/build_tfrecords.py command to rebuild it'
 
 
-def _shard_error(path: str, error) -> ValueError:
-  """One sentence for a shard TensorFlow could not read or parse: which, why, and how to rebuild it."""
-  import tensorflow as tf
-
-  if isinstance(error, tf.errors.DataLossError):  # A TFRecord CRC failed: truncated, or bytes changed.
-    return ValueError(f'{path} is damaged ({_tf_reason(error)}): {_rebuild_shard(path)}.')
-  return ValueError(
-    f'{path} holds a record that is not a schema-v1 clip ({_tf_reason(error)}): {_rebuild_shard(path)}.'
-  )
-
-
 def _read_shards(paths: Sequence[str]) -> list[dict]:
-  """Parses every record of `paths` into numpy dicts (see `_parse`); a shard that fails is named.
+  """Parses every record of `paths` into numpy dicts (see `_parse`); a shard that cannot be read is named.
 
-  The shards are interleaved (as TFRecordDataset(paths, num_parallel_reads=...) does) with
-  each record carrying its shard's index. TensorFlow's errors for a damaged file name no
-  file, so when the joint read fails, each shard is read alone to find the one at fault:
-  that second pass costs only on the failing path.
+  TensorFlow's error for a damaged record names no file, and carrying each record's shard
+  through an interleave slows the read; so the shards are read together, and only when that
+  fails is each read alone to find the one at fault.
 
   Raises:
-    ValueError: a shard is damaged (a TFRecord CRC failed) or holds a record that is not a
-      schema-v1 clip, naming the shard and how to rebuild it.
+    ValueError: a shard is damaged (a TFRecord CRC failed: cut short, or bytes changed) or
+      holds a record that is not a schema-v1 clip, naming the shard and how to rebuild it.
   """
   import tensorflow as tf
 
-  names = tf.constant(list(paths))
-  parallel = min(len(paths), 8)
-  dataset = tf.data.Dataset.range(len(paths)).interleave(
-    lambda i: tf.data.TFRecordDataset(names[i]).map(lambda record: (i, record)),
-    cycle_length=parallel,
-    num_parallel_calls=parallel,
-  )
+  dataset = tf.data.TFRecordDataset(paths, num_parallel_reads=min(len(paths), 8))
   dataset = dataset.map(_parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
   try:
     return list(dataset.as_numpy_iterator())
   except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
     for path in paths:
       try:
-        for _ in tf.data.TFRecordDataset(path).map(lambda record: _parse(0, record)):
+        for _ in tf.data.TFRecordDataset(path).map(_parse):
           pass
-      except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as shard_error:
-        raise _shard_error(path, shard_error) from None
+      except tf.errors.DataLossError as error:
+        raise ValueError(f'{path} is damaged ({_tf_reason(error)}): {_rebuild_shard(path)}.') from None
+      except tf.errors.InvalidArgumentError as error:
+        raise ValueError(
+          f'{path} holds a record that is not a schema-v1 clip ({_tf_reason(error)}): {_rebuild_shard(path)}.'
+        ) from None
     raise  # Every shard reads alone: not a fault of one file, so TensorFlow's message is all there is.
+
+
+def _clip_ids(path: str) -> list[bytes]:
+  """The clip ids in shard `path`, in order; only for naming a shard once something is wrong."""
+  import tensorflow as tf
+
+  spec = {'clip_id': tf.io.FixedLenFeature([], tf.string)}
+  dataset = tf.data.TFRecordDataset(path).map(lambda r: tf.io.parse_single_sequence_example(r, spec)[0]['clip_id'])
+  return list(dataset.as_numpy_iterator())
 
 
 def _label_of(emotion_code: int) -> int:
@@ -323,42 +316,49 @@ def _label_of(emotion_code: int) -> int:
   return -1 if label is None else label
 
 
+def _record_problem(record: dict) -> str | None:
+  """What is impossible about one parsed clip (non-finite embeddings, labels), or None."""
+  for key in ('visual', 'audio'):
+    if not record[f'{key}_finite']:
+      return f'NaN or inf in its {key} embedding'
+  code, label = int(record['emotion_code']), int(record['label'])
+  if code not in ravdess.EMOTION_NAMES:
+    return f"emotion_code {code}, outside RAVDESS' 1..{max(ravdess.EMOTION_NAMES)}"
+  if not -1 <= label < ravdess.NUM_CLASSES:
+    return f'label {label}, outside -1 (calm) and 0..{ravdess.NUM_CLASSES - 1}'
+  if label != _label_of(code):
+    return f'label {label} but emotion_code {code} ({ravdess.EMOTION_NAMES[code]}), whose label is {_label_of(code)}'
+  return None
+
+
 def _check_records(records: Sequence[dict], paths: Sequence[str], info: dict, info_path: str) -> None:
-  """Raises ValueError naming the shard whose clip count is off, or the first clip whose data is impossible."""
-  counts = collections.Counter(int(r['shard']) for r in records)
-  for index, shard in enumerate(info['shards']):
-    if shard.get('num_clips', counts[index]) != counts[index]:
-      raise ValueError(
-        f'{paths[index]} holds {counts[index]} clips, but {info_path} lists {shard["num_clips"]}: the shard was '
-        f'replaced after the dataset was built; {_rebuild_shard(paths[index])}.'
-      )
+  """Raises ValueError naming the shard whose clip count is off, or the first impossible clip and its shard.
+
+  The records do not say which shard they came from, so the shards are scanned for clip ids
+  only on these failing paths.
+  """
   if info['num_clips'] != len(records):
+    for path, shard in zip(paths, info['shards']):
+      count = len(_clip_ids(path))
+      if shard.get('num_clips', count) != count:
+        raise ValueError(
+          f'{path} holds {count} clips, but {info_path} lists {shard["num_clips"]}: the shard was replaced after '
+          f'the dataset was built; {_rebuild_shard(path)}.'
+        )
     raise ValueError(
       f'{info_path} says num_clips = {info["num_clips"]}, but its {len(paths)} shards hold {len(records)} clips: '
       f'{_REWRITE_INFO}.'
     )
-  for r in records:
-    path = paths[r['shard']]
-    where = f'Clip {r["clip_id"].decode()} in {path}'
-    for key in ('visual', 'audio'):
-      if not r[f'{key}_finite']:
-        raise ValueError(
-          f'{where} has NaN or inf in its {key} embedding: {_rebuild_shard(path)}, and if it comes back, check that '
-          "clip's media file."
-        )
-    code, label = int(r['emotion_code']), int(r['label'])
-    problem = None
-    if code not in ravdess.EMOTION_NAMES:
-      problem = f"emotion_code {code}, outside RAVDESS' 1..{max(ravdess.EMOTION_NAMES)}"
-    elif not -1 <= label < ravdess.NUM_CLASSES:
-      problem = f'label {label}, outside -1 (calm) and 0..{ravdess.NUM_CLASSES - 1}'
-    elif label != _label_of(code):
-      emotion = ravdess.EMOTION_NAMES[code]
-      problem = f'label {label} but emotion_code {code} ({emotion}), whose label is {_label_of(code)}'
+  for record in records:
+    problem = _record_problem(record)
     if problem:
-      raise ValueError(
-        f'{where} has {problem}: the shard was not written by this data_prep or was altered; {_rebuild_shard(path)}.'
-      )
+      clip = record['clip_id']
+      path = next(path for path in paths if clip in _clip_ids(path))
+      if problem.startswith('NaN'):  # An extractor's output: a rebuild may show it again.
+        advice = f"{_rebuild_shard(path)}, and if it comes back, check that clip's media file"
+      else:
+        advice = f'the shard was not written by this data_prep or was altered; {_rebuild_shard(path)}'
+      raise ValueError(f'Clip {clip.decode()} in {path} has {problem}: {advice}.')
 
 
 def load_clips(config) -> tuple[Split, dict]:
