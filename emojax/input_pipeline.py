@@ -136,6 +136,7 @@ def _check_field_types(info: dict, path: str) -> None:
 
 
 def _check_required_fields(info: dict, path: str) -> None:
+  """Raises ValueError naming the first field of `REQUIRED_DATASET_INFO_FIELDS` that is absent."""
   for field in REQUIRED_DATASET_INFO_FIELDS:
     parent, _, key = field.rpartition('.')
     for where, value in _field_values(info, parent) if parent else [('', info)]:
