@@ -37,7 +37,7 @@ def test_train_then_eval_from_the_workdir_config(data_dir, tmp_path):
   # Run from outside the repository: the config path and the package must not depend on the cwd.
   trained = _run(f'--config={REPO}/configs/audio.py:smoke', f'--workdir={workdir}', *overrides, cwd=str(tmp_path))
   assert trained.returncode == 0, trained.stderr[-3000:]
-  assert 'audio' in trained.stdout and 'test acc' in trained.stdout
+  assert 'audio' in trained.stdout and 'test WA' in trained.stdout
   with open(os.path.join(workdir, 'report.json')) as f:
     report = f.read()
   with open(os.path.join(workdir, 'config.json')) as f:
