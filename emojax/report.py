@@ -512,6 +512,48 @@ def write_predictions(path: str, rows: Sequence[Mapping], class_names: Sequence[
   return atomic_write(path, buffer.getvalue())
 
 
+def prediction_rows(
+  model: str,
+  split: Mapping[str, np.ndarray],
+  probabilities: np.ndarray,
+  *,
+  fold: int | None = None,
+  seed: int = 0,
+  predictions: np.ndarray | None = None,
+) -> list[dict]:
+  """The `write_predictions` rows of one model (member) on one partition.
+
+  Args:
+    model: the model's name.
+    split: the partition as the input pipeline holds it: `clip_id`, `actor`, `gender` and
+      `label`, each [N].
+    probabilities: [N, classes] softmax outputs, in the order of `split`.
+    fold: the member's fold, or None outside cross-validation.
+    seed: the member's seed.
+    predictions: [N] predicted class indices (the argmax of the logits), or None for the
+      argmax of `probabilities`.
+  """
+  probabilities = np.asarray(probabilities)
+  if len(probabilities) != len(split['label']):
+    raise ValueError(
+      f'Model {model!r}: {len(probabilities)} rows of probabilities for {len(split["label"])} clips; pass one per clip.'
+    )
+  return [
+    {
+      'model': model,
+      'fold': fold,
+      'seed': seed,
+      'clip_id': str(split['clip_id'][i]),
+      'actor': int(split['actor'][i]),
+      'gender': int(split['gender'][i]),
+      'label': int(split['label'][i]),
+      'probabilities': probabilities[i],
+      'prediction': None if predictions is None else int(predictions[i]),
+    }
+    for i in range(len(probabilities))
+  ]
+
+
 def read_predictions(path: str) -> list[dict]:
   """Reads `predictions.csv` back: one dict per row with typed values.
 

@@ -356,19 +356,15 @@ def test_predictions_csv_accuracy_equals_the_summary(tmp_path):
   matrix = np.zeros((7, 7), int)
   np.add.at(matrix, (labels, predictions), 1)
   summary = report.summarize(matrix)
-  rows = [
-    {
-      'model': 'audio',
-      'fold': None,
-      'seed': 3,
-      'clip_id': f'01-01-01-01-01-{i:02d}',
-      'actor': i % 24 + 1,
-      'gender': 1 - (i % 24 + 1) % 2,
-      'label': int(labels[i]),
-      'probabilities': probabilities[i],
-    }
-    for i in range(num_clips)
-  ]
+  actors = np.arange(num_clips) % 24 + 1
+  split = {
+    'clip_id': np.array([f'01-01-01-01-01-{i:02d}' for i in range(num_clips)]),
+    'actor': actors,
+    'gender': 1 - actors % 2,
+    'label': labels,
+  }
+  rows = report.prediction_rows('audio', split, probabilities, seed=3)
+  assert rows[5]['clip_id'] == '01-01-01-01-01-05' and rows[5]['seed'] == 3 and rows[5]['fold'] is None
   path = report.write_predictions(str(tmp_path / report.PREDICTIONS_FILENAME), rows, ravdess.EMOTIONS)
   with open(path) as f:
     header = f.readline().strip().split(',')
