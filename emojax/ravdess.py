@@ -1,4 +1,4 @@
-"""RAVDESS file names and the 7-class label table, shared by data_prep and emojax.
+"""RAVDESS file names and the class tables (7 thesis classes, 8 with calm), shared by data_prep and emojax.
 
 A RAVDESS file name is seven two-digit fields, `MM-VV-EE-II-SS-RR-AA.ext`:
 modality, vocal channel, emotion, intensity, statement, repetition, actor.
@@ -13,6 +13,12 @@ import re
 # The 7 classes in the thesis' (alphabetical) order; a label is an index here.
 EMOTIONS = ('anger', 'disgust', 'fear', 'happiness', 'neutral', 'sadness', 'surprise')
 NUM_CLASSES = len(EMOTIONS)
+# The class sets a run can be reported in, each alphabetical as the thesis' tables:
+# 'thesis7' drops calm (the thesis' task), 'ravdess8' keeps all eight speech emotions.
+CLASS_SETS = {
+  'thesis7': EMOTIONS,
+  'ravdess8': ('anger', 'calm', 'disgust', 'fear', 'happiness', 'neutral', 'sadness', 'surprise'),
+}
 
 # RAVDESS emotion code -> emotion name. `calm` (02) is not one of the 7 classes.
 EMOTION_NAMES = {
