@@ -12,7 +12,7 @@ Neither gives numbers worth reporting.
 
 import ml_collections
 
-from emojax import schema
+from emojax import partitions, schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,27 +22,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Which models to train, in stage order; the stacker needs both base models.
   config.models = ('audio', 'visual', 'stacker')
   config.mode = 'train'  # 'train' | 'eval' (restore best checkpoints, rewrite report.json).
-  config.seed = 0
+  config.seed = 0  # Draws the partitions; also the training seed when `seeds` is empty.
+  # Training seeds (initial weights, dropout, batch order): each fold is trained once per
+  # seed, all in one compiled program. Empty: just `seed`.
+  config.seeds = ()
 
   config.data = ml_collections.ConfigDict()
   config.data.dir = ml_collections.config_dict.placeholder(str)  # Shards + dataset_info.json.
   # What the data must have been written with; checked against dataset_info.json.
   config.data.schema_version = schema.SCHEMA_VERSION
   config.data.feature_dims = ml_collections.ConfigDict(dict(schema.FEATURE_DIMS))
+  # 'thesis7' (calm dropped, as the thesis) or 'ravdess8' (calm kept, as most later papers).
+  config.data.classes = 'thesis7'
   # 'random': stratified by emotion, as the thesis (actors shared across partitions).
   # 'actor': whole actors to each partition, balanced by gender (unseen people at test).
+  # 'actor_folds', 'loso', 'random_folds': k-fold cross-validation (see emojax/partitions.py).
   config.data.protocol = 'random'
   config.data.fractions = (0.5, 0.25, 0.25)  # base / stack / test ('random').
   config.data.actor_split = (12, 6, 6)  # Actors for base / stack / test ('actor').
-  # Taken stratified from each training partition (base, stack) for early stopping.
+  config.data.folds = partitions.EMOBOX_FOLDS  # Test actors of each fold ('actor_folds').
+  config.data.num_folds = 5  # 'random_folds'.
+  # In the fold protocols, the share of the non-test actors (clips for 'random_folds') that
+  # trains the stacker; the rest trains the base models.
+  config.data.stack_fraction = 1 / 3
+  config.data.only_folds = ()  # Fold indices to run (empty: all), e.g. to spread folds over machines.
+  # Taken from each training partition (base, stack) for early stopping: this fraction of its
+  # clips, stratified by emotion, or of its actors with val_by_actor.
   config.data.val_fraction = 0.15
+  config.data.val_by_actor = False
   # RAVDESS clips are at most ~5.3 s: 240 frames at 45 fps. Longer clips are cut (logged).
   config.data.max_frames = 256
   # Each batch's time axis is cut to its longest clip rounded up to this: few recompiles.
   config.data.time_bucket = 32
-  # Z-score every embedding dimension (and the stacker's inputs) with statistics of the
-  # training partition only. Not in the thesis; False reproduces its raw inputs.
-  config.data.standardize = True
+  # How embeddings (and the stacker's inputs) are scaled, with statistics of each stage's
+  # training partition only: 'none' (raw, as the thesis), 'global' (one mean and std per
+  # stream, which keeps the dimensions' relative scale) or 'per_dim' (a z-score per dimension).
+  config.data.normalize = 'none'
 
   config.model = ml_collections.ConfigDict()
   config.model.audio = ml_collections.ConfigDict()
@@ -63,9 +78,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-7
 
-  config.batch_size = 32  # Global; must be divisible by the number of devices.
+  config.batch_size = 32  # Per member, global; must be divisible by the devices of the data axis.
   config.num_epochs = 200
   config.patience = 20  # Epochs without a lower validation loss before stopping.
+  # The latest state (best parameters included) is saved at most this often, and at the end
+  # of a stage; a killed run replays the epochs since, exactly.
+  config.checkpoint_every_secs = 30.0
+
+  # Devices: a ('members', 'data') mesh; the members of a stage can be split over devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.member_shards = 1
 
   # Logging.
   config.log_every_secs = 60.0  # steps/s from clu's ReportProgress.
@@ -82,6 +104,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every_secs = 5.0
   elif arg == 'demo':
     # The thesis' model sizes on the demo's few hundred synthetic clips: a few minutes on 2 CPUs.
+    # The demo's untrained stand-in extractors give embeddings whose differences between clips
+    # are tiny next to their common offset: only a per-dimension z-score makes them learnable.
+    config.data.normalize = 'per_dim'
     config.num_epochs = 60
     config.patience = 8
     config.log_every_secs = 10.0

@@ -1,22 +1,26 @@
-"""The thesis' experiment: base models, their features, the stacker, the test report.
+"""The thesis' experiment, over folds and seeds: base models, their features, the stacker, the report.
 
-`run(config, workdir)` runs, for the models in `config.models`:
-  1. each base model ('audio', 'visual') on the base partition, early stopping on its
-     validation part;
-  2. 'features': the best base checkpoints, frozen, turn the stack and test partitions into
-     the stacker's inputs (audio 256 + visual 100 penultimate outputs), saved in
-     `workdir/features/` so they are computed once;
+`run(config, workdir)` draws the folds of `config.data.protocol` (one for the thesis' single
+split) and makes one *member* per (fold, seed) of `config.seeds`. Then, for the models in
+`config.models`, stage by stage, every member at once (`emojax.train` vmaps them):
+  1. each base model ('audio', 'visual') on its member's base partition, early stopping on
+     its validation part;
+  2. 'features': the best base parameters, frozen, turn each member's stack and test
+     partitions into the stacker's inputs (audio 256 + visual 100 penultimate outputs),
+     saved in `workdir/features/` so they are computed once;
   3. 'stacker' on the stack partition's features;
-and tests every trained model on the test partition, writing `workdir/report.json`.
+and tests every trained member on its fold's test partition. The report (`workdir/report.json`,
+printed too) gives each member's figures and, over several members, their mean ± std.
 
 How one stage is fitted, checkpointed and resumed is `emojax.train`'s; which clips go where
-is `emojax.partitions`'. Everything random is a function of (seed, stage, step or epoch), so
-a resumed run ends with the same report as an uninterrupted one.
+is `emojax.partitions`'. Everything random is a function of (seed, stage, fold, step or
+epoch), so a resumed run ends with the same report as an uninterrupted one.
 """
 
 import dataclasses
 import json
 import os
+import time
 
 import jax
 import ml_collections
@@ -24,10 +28,11 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from emojax import input_pipeline, models, partitions, report, train
+from emojax import input_pipeline, lock, models, partitions, report, train
 
 PARTITIONS_FILENAME = 'partitions.json'
 CONFIG_FILENAME = 'config.json'
+STACKER_PARTITIONS = ('stack_train', 'stack_val', 'test')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,12 @@ class Paths:
   def checkpoints(self, name: str) -> str:
     return os.path.join(self.stage(name), 'checkpoints')
 
+  def normalization(self, name: str) -> str:
+    return os.path.join(self.stage(name), 'normalization.npz')
+
+  def test_events(self, name: str) -> str:
+    return os.path.join(self.stage(name), 'test')
+
   def features(self, partition: str) -> str:
     return os.path.join(self.workdir, 'features', f'{partition}.npz')
 
@@ -54,93 +65,165 @@ class Paths:
     return os.path.join(self.workdir, PARTITIONS_FILENAME)
 
 
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One model of each stage: a fold's partitions trained with one seed."""
+
+  fold: partitions.Fold
+  seed: int
+
+  @property
+  def name(self) -> str:
+    return f'{self.fold.name}/seed_{self.seed}'
+
+
+def seeds_of(config) -> tuple[int, ...]:
+  """The training seeds: `config.seeds`, or `config.seed` alone when it is empty."""
+  return tuple(config.get('seeds') or ()) or (config.seed,)
+
+
 def stage_index(name: str) -> int:
   """The model's place in `models.MODELS`, folded into the seed so each stage has its own keys and batch orders."""
   return list(models.MODELS).index(name)
 
 
-def _stage(config, name: str, paths: Paths, train_split: dict, val_split: dict, mesh) -> train.Stage:
-  """A `train.Stage` for model `name` on host arrays: shuffled training batches, ordered validation batches."""
-  keys = models.MODELS[name].inputs
-  batch_options = dict(
-    keys=keys,
-    time_bucket=config.data.time_bucket,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-  shuffle_seed = (config.seed, 2, stage_index(name))
+def member_key(member: Member, name: str) -> jax.Array:
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(member.seed), stage_index(name)), member.fold.index)
 
-  def train_batches(epoch):
-    return input_pipeline.batches(
-      train_split, config.batch_size, shuffle_seed=shuffle_seed, epoch=epoch, **batch_options
-    )
+
+def _stage(config, name: str, paths: Paths, members, train_data, val_data) -> train.Stage:
+  """A `train.Stage` of model `name` for `members`, from each member's training and validation data."""
+  keys = models.MODELS[name].inputs
+  options = dict(keys=keys, time_bucket=config.data.time_bucket)
+
+  def train_batches(epoch, active):
+    return input_pipeline.member_batches(train_data, config.batch_size, epoch=epoch, active=active, **options)
 
   def val_batches():
-    return input_pipeline.batches(val_split, config.batch_size, **batch_options)
+    return input_pipeline.member_batches(val_data, config.batch_size, **options)
 
   return train.Stage(
     name=name,
     directory=paths.stage(name),
-    model=models.build_model(name, config.model),
-    key=jax.random.fold_in(jax.random.key(config.seed), stage_index(name)),
+    model=models.build_model(name, config.model, len(partitions.class_names(config))),
+    members=tuple(member.name for member in members),
+    keys=jax.numpy.stack([member_key(member, name) for member in members]),
     train_batches=train_batches,
     val_batches=val_batches,
-    example_batch=next(input_pipeline.batches(train_split, config.batch_size, **batch_options)),
-    num_train_batches=input_pipeline.num_batches(len(train_split['label']), config.batch_size),
+    example_batch=next(input_pipeline.member_batches(train_data, config.batch_size, **options)),
+    num_train_batches=max(input_pipeline.num_batches(len(data.indices), config.batch_size) for data in train_data),
+    class_names=partitions.class_names(config),
   )
 
 
-def _test_batches(config, name: str, split: dict):
-  return input_pipeline.batches(
-    split,
-    config.batch_size,
-    keys=models.MODELS[name].inputs,
-    time_bucket=config.data.time_bucket,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-
-
-def _check_partitions(paths: Paths, config, clips, fold, *, is_training: bool) -> None:
+def _check_partitions(paths: Paths, config, clips, folds, *, is_training: bool) -> None:
   """Refuses a workdir whose checkpoints were trained on other partitions (another seed, protocol or data)."""
-  current = {name: sorted(clips['clip_id'][indices].tolist()) for name, indices in fold.items()}
+  current = {
+    'protocol': config.data.protocol,
+    'seed': config.seed,
+    'folds': [
+      {
+        'index': fold.index,
+        'test_actors': list(fold.test_actors),
+        'clip_ids': {name: sorted(clips['clip_id'][indices].tolist()) for name, indices in fold.parts.items()},
+      }
+      for fold in folds
+    ],
+  }
   if os.path.exists(paths.partitions):
-    if train.read_json(paths.partitions)['clip_ids'] != current:
+    if train.read_json(paths.partitions)['folds'] != current['folds']:
       raise ValueError(
-        f'{paths.workdir} was trained on other partitions than this config draws (seed, data.protocol, fractions or '
-        f'the data differ; see {paths.partitions}): use a new --workdir, or the config of that run.'
+        f'{paths.workdir} was trained on other partitions than this config draws (seed, data.protocol, its settings '
+        f'or the data differ; see {paths.partitions}): use a new --workdir, or the config of that run.'
       )
   elif is_training:
-    train.write_json(paths.partitions, {'protocol': config.data.protocol, 'seed': config.seed, 'clip_ids': current})
+    train.write_json(paths.partitions, current)
 
 
-def _stacker_split(states, training, clips, fold, partition, config, paths, mesh, *, cache: bool) -> dict:
-  """The stacker's inputs for one partition from the frozen base models, cached in workdir/features/.
+def _made_by(training: dict) -> np.ndarray:
+  """Which base checkpoints made the stacker's features: [K, bases, (best epoch, best val loss)]."""
+  return np.array(
+    [[[s['best_epoch'], s['best_val_loss']] for s in training[base]] for base in models.BASE_MODELS]
+  ).transpose(1, 0, 2)
 
-  The cache records which base checkpoints (best epoch and validation loss of each) made
-  it, so features of a base model that was retrained since are computed again.
+
+def _stacker_features(states, training, clips, members, statistics, config, paths, mesh, *, cache: bool) -> dict:
+  """Each member's stacker inputs on its stack and test partitions, from its frozen base models.
+
+  Cached in workdir/features/ with a record of which base checkpoints (best epoch and
+  validation loss of every member) made them, so features of base models that were
+  retrained since are computed again.
+
+  Returns:
+    partition -> per member {'features' [N, 256 + 100], 'label' [N], 'clip_id' [N]}.
   """
-  split = input_pipeline.take(clips, fold[partition])
-  path = paths.features(partition)
-  made_by = np.array([[training[base]['best_epoch'], training[base]['best_val_loss']] for base in models.BASE_MODELS])
-  if cache and os.path.exists(path):
-    with np.load(path) as saved:
-      if saved['clip_id'].tolist() == split['clip_id'].tolist() and np.array_equal(saved['made_by'], made_by):
-        return {'features': saved['features'], 'label': saved['label'], 'clip_id': saved['clip_id']}
-  features = np.concatenate(
-    [
-      train.penultimate_features(states[base], _test_batches(config, base, split), mesh, len(split['label']))
-      for base in models.BASE_MODELS
-    ],
-    axis=1,
-  )  # [N, 256 + 100]
-  result = {'features': features, 'label': split['label'], 'clip_id': split['clip_id']}
-  if cache and jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = path + '.tmp.npz'
-    np.savez(temporary, made_by=made_by, **result)
-    os.replace(temporary, path)
+  made_by = _made_by(training)
+  result = {}
+  for partition in STACKER_PARTITIONS:
+    path = paths.features(partition)
+    splits = [input_pipeline.take(clips, member.fold.parts[partition]) for member in members]
+    if cache and os.path.exists(path):
+      with np.load(path) as saved:
+        if np.array_equal(saved['made_by'], made_by) and all(
+          saved[f'clip_id_{k}'].tolist() == split['clip_id'].tolist() for k, split in enumerate(splits)
+        ):
+          result[partition] = [
+            {'features': saved[f'features_{k}'], 'label': split['label'], 'clip_id': split['clip_id']}
+            for k, split in enumerate(splits)
+          ]
+          continue
+    per_base = []
+    for base in models.BASE_MODELS:
+      data = [
+        input_pipeline.MemberData(clips, member.fold.parts[partition], statistics[base][k])
+        for k, member in enumerate(members)
+      ]
+      batches = input_pipeline.member_batches(
+        data, config.batch_size, keys=models.MODELS[base].inputs, time_bucket=config.data.time_bucket
+      )
+      per_base.append(train.predict(states[base], batches, mesh, [len(split['label']) for split in splits]))
+    result[partition] = [
+      {
+        'features': np.concatenate([outputs[k]['penultimate'] for outputs in per_base], axis=1),  # [N, 256 + 100]
+        'label': split['label'],
+        'clip_id': split['clip_id'],
+      }
+      for k, split in enumerate(splits)
+    ]
+    if cache and jax.process_index() == 0:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      arrays = {'made_by': made_by}
+      for k, member_split in enumerate(result[partition]):
+        arrays[f'features_{k}'], arrays[f'clip_id_{k}'] = member_split['features'], member_split['clip_id']
+      temporary = path + '.tmp.npz'
+      np.savez(temporary, **arrays)
+      os.replace(temporary, path)
   return result
+
+
+def _test(state, name, test_data, config, mesh) -> list[dict]:
+  """Each member's test outputs: logits, probabilities, mean loss and confusion matrix."""
+  batches = input_pipeline.member_batches(
+    test_data, config.batch_size, keys=models.MODELS[name].inputs, time_bucket=config.data.time_bucket
+  )
+  outputs = train.predict(state, batches, mesh, [len(data.indices) for data in test_data])
+  results = []
+  for data, output in zip(test_data, outputs):
+    labels = data.arrays['label'][data.indices]
+    logits = output['logits'].astype(np.float64)
+    log_probabilities = logits - logits.max(1, keepdims=True)
+    log_probabilities -= np.log(np.exp(log_probabilities).sum(1, keepdims=True))
+    num_classes = logits.shape[1]
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (labels, logits.argmax(1)), 1)
+    results.append(
+      {
+        'loss': float(-log_probabilities[np.arange(len(labels)), labels].mean()),
+        'probabilities': np.exp(log_probabilities),
+        'confusion_matrix': confusion,
+      }
+    )
+  return results
 
 
 def check_config(config) -> None:
@@ -152,8 +235,14 @@ def check_config(config) -> None:
     raise ValueError(f'config.models {tuple(config.models)}: the stacker needs {" and ".join(models.BASE_MODELS)}.')
   if config.mode not in ('train', 'eval'):
     raise ValueError(f"config.mode must be 'train' or 'eval'; got {config.mode!r}.")
-  if config.batch_size % jax.device_count():
-    raise ValueError(f'config.batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices.')
+  member_shards = config.mesh.member_shards
+  data_shards = jax.device_count() // member_shards if jax.device_count() % member_shards == 0 else 0
+  if not data_shards:
+    raise ValueError(f'config.mesh.member_shards {member_shards} does not divide the {jax.device_count()} devices.')
+  if config.batch_size % data_shards:
+    raise ValueError(
+      f'config.batch_size {config.batch_size} is not divisible by the {data_shards} devices of the data axis.'
+    )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -164,23 +253,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir: checkpoints, TensorBoard events, features, config.json and report.json.
 
   Returns:
-    The report written to `workdir/report.json` (see `emojax.report.make_report`), with
-    each model's test `loss` and `best_epoch` added to its summary and the training
-    history of each stage under 'training'.
+    The report written to `workdir/report.json` (see `emojax.report.make_report`).
   """
   check_config(config)
+  if config.mode == 'eval' and not os.path.isdir(workdir):
+    raise FileNotFoundError(f'{workdir} does not exist: eval mode needs the workdir of a training run.')
+  # One run per workdir: process 0 holds the lock for the whole job (the others share its workdir).
+  with lock.DirectoryLock(workdir, purpose=config.mode, take=jax.process_index() == 0):
+    return _run(config, workdir)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   paths = Paths(workdir)
   is_training = config.mode == 'train'
-  if not is_training and not os.path.isdir(workdir):
-    raise FileNotFoundError(f'{workdir} does not exist: eval mode needs the workdir of a training run.')
   clips, info = input_pipeline.load_clips(config)  # Checks dataset_info.json before anything compiles.
-  (fold,) = partitions.make_folds(clips, config)
-  if config.data.standardize:
-    base_train = input_pipeline.take(clips, fold['base_train'])
-    clips = input_pipeline.standardize(clips, input_pipeline.feature_statistics(base_train, ('visual', 'audio')))
-  counts = {name: len(indices) for name, indices in fold.items()}
-  logging.info('Partitions (%s protocol, seed %d): %s', config.data.protocol, config.seed, counts)
-  mesh = train.make_mesh()
+  folds = partitions.make_folds(clips, config)
+  members = [Member(fold, seed) for fold in folds for seed in seeds_of(config)]
+  if len(members) % config.mesh.member_shards:
+    raise ValueError(
+      f'The run has {len(members)} members ({len(folds)} folds x {len(seeds_of(config))} seeds), which '
+      f'config.mesh.member_shards {config.mesh.member_shards} does not divide.'
+    )
+  logging.info(
+    'Protocol %s, seed %d: %d fold(s) x %d seed(s) = %d member(s); partitions of the first: %s',
+    config.data.protocol,
+    config.seed,
+    len(folds),
+    len(seeds_of(config)),
+    len(members),
+    {name: len(indices) for name, indices in folds[0].parts.items()},
+  )
+  mesh = train.make_mesh(config.mesh.member_shards)
   if is_training:
     os.makedirs(workdir, exist_ok=True)
     train.write_json(paths.config, json.loads(config.to_json_best_effort()))
@@ -191,58 +294,172 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"No checkpoints for stage '{name}' in {paths.checkpoints(name)}: train first (--config.mode=train) or "
           'point --workdir at a trained run.'
         )
-  _check_partitions(paths, config, clips, fold, is_training=is_training)
+  _check_partitions(paths, config, clips, folds, is_training=is_training)
 
-  def fit_or_restore(name, train_split, val_split):
-    stage = _stage(config, name, paths, train_split, val_split, mesh)
-    return train.fit(config, stage, mesh) if is_training else train.restore(config, stage, mesh)
+  def scaled(name, splits):
+    """Each member's statistics for stage `name` from its training split; saved with the stage."""
+    statistics = [
+      input_pipeline.normalization_statistics(split, (models.MODELS[name].stream,), config.data.normalize)
+      for split in splits
+    ]
+    if is_training and jax.process_index() == 0:
+      input_pipeline.save_normalization(paths.normalization(name), config.data.normalize, statistics)
+    return statistics
 
-  states, training, results = {}, {}, {}
-  test_split = input_pipeline.take(clips, fold['test'])
+  stage_seconds, parameter_counts = {}, {}
+
+  def fit_or_restore(name, train_data, val_data):
+    stage = _stage(config, name, paths, members, train_data, val_data)
+    start = time.perf_counter()
+    state, summaries = train.fit(config, stage, mesh) if is_training else train.restore(config, stage, mesh)
+    stage_seconds[name] = time.perf_counter() - start
+    parameter_counts[name] = sum(leaf.size for leaf in jax.tree.leaves(state.params)) // len(members)
+    return state, summaries
+
+  states, training, tests, statistics = {}, {}, {}, {}
   for name in models.BASE_MODELS:
-    if name in config.models:
-      base_train = input_pipeline.take(clips, fold['base_train'])
-      base_val = input_pipeline.take(clips, fold['base_val'])
-      states[name], training[name] = fit_or_restore(name, base_train, base_val)
-      results[name] = train.evaluate(states[name], _test_batches(config, name, test_split), mesh)
-  if 'stacker' in config.models:
-    features = {
-      partition: _stacker_split(states, training, clips, fold, partition, config, paths, mesh, cache=is_training)
-      for partition in ('stack_train', 'stack_val', 'test')
+    if name not in config.models:
+      continue
+    statistics[name] = scaled(name, [input_pipeline.take(clips, m.fold.parts['base_train']) for m in members])
+    shuffle = lambda member: (member.seed, 2, stage_index(name), member.fold.index)  # noqa: B023
+    data = {
+      partition: [
+        input_pipeline.MemberData(
+          clips,
+          member.fold.parts[partition],
+          statistics[name][k],
+          shuffle(member) if partition == 'base_train' else None,
+        )
+        for k, member in enumerate(members)
+      ]
+      for partition in ('base_train', 'base_val', 'test')
     }
-    if config.data.standardize:
-      statistics = input_pipeline.feature_statistics(features['stack_train'], ('features',))
-      features = {partition: input_pipeline.standardize(split, statistics) for partition, split in features.items()}
-    states['stacker'], training['stacker'] = fit_or_restore('stacker', features['stack_train'], features['stack_val'])
-    results['stacker'] = train.evaluate(states['stacker'], _test_batches(config, 'stacker', features['test']), mesh)
+    states[name], training[name] = fit_or_restore(name, data['base_train'], data['base_val'])
+    tests[name] = _test(states[name], name, data['test'], config, mesh)
+  if 'stacker' in config.models:
+    features = _stacker_features(states, training, clips, members, statistics, config, paths, mesh, cache=is_training)
+    statistics['stacker'] = scaled('stacker', features['stack_train'])
+    data = {
+      partition: [
+        input_pipeline.MemberData(
+          member_features,
+          np.arange(len(member_features['label'])),
+          statistics['stacker'][k],
+          (member.seed, 2, stage_index('stacker'), member.fold.index) if partition == 'stack_train' else None,
+        )
+        for k, (member, member_features) in enumerate(zip(members, features[partition]))
+      ]
+      for partition in STACKER_PARTITIONS
+    }
+    states['stacker'], training['stacker'] = fit_or_restore('stacker', data['stack_train'], data['stack_val'])
+    tests['stacker'] = _test(states['stacker'], 'stacker', data['test'], config, mesh)
 
+  if is_training and jax.process_index() == 0:
+    record = report.provenance(
+      info,
+      clips['clip_id'].tolist(),
+      devices=[str(device) for device in jax.devices()],
+      parameter_counts=parameter_counts,
+      stage_seconds=stage_seconds,
+    )
+    report.write_provenance(workdir, record)
+  final = _report(config, clips, info, members, training, tests, report.read_provenance(workdir))
+  if jax.process_index() == 0:
+    _write_test_events(paths, members, tests, training, partitions.class_names(config), is_training=is_training)
+    test_splits = [input_pipeline.take(clips, member.fold.parts['test']) for member in members]
+    report.write_predictions(
+      os.path.join(workdir, report.PREDICTIONS_FILENAME),
+      _prediction_rows(members, tests, test_splits),
+      final['classes'],
+    )
+    path = report.write_report(workdir, final)
+    print(report.format_report(final), flush=True)
+    print(f'Wrote {path}', flush=True)
+  return final
+
+
+def _member_summary(result: dict, training: dict, class_names) -> dict:
+  """The test summary of one member, with its loss and the train / validation accuracy of its best epoch."""
+  summary = report.summarize(result['confusion_matrix'], class_names)
+  # As Keras reports it (and the thesis' train column): the running mean over the best epoch's batches.
+  best = training['history'][training['best_epoch'] - 1]
+  summary.update(
+    loss=result['loss'],
+    best_epoch=training['best_epoch'],
+    train_accuracy=best['train_accuracy'],
+    val_accuracy=best['val_accuracy'],
+  )
+  return summary
+
+
+def _report(config, clips, info, members, training, tests, provenance) -> dict:
+  """report.json's content: one summary per model; with several members, each member's and their aggregate."""
+  class_names = partitions.class_names(config)
   summaries = {}
-  for name, result in results.items():
-    summaries[name] = report.summarize(result['confusion_matrix'])
-    best_epoch = training[name]['best_epoch']
-    # As Keras reports it (and the thesis' train column): the running mean over the best epoch's batches.
-    best = next(epoch for epoch in training[name]['history'] if epoch['epoch'] == best_epoch)
-    summaries[name].update(loss=result['loss'], best_epoch=best_epoch, train_accuracy=best['train_accuracy'])
-    if jax.process_index() == 0:
-      step = int(states[name].step)
-      writer = metric_writers.create_default_writer(paths.stage(name))
-      writer.write_scalars(step, {'test_loss': result['loss'], 'test_accuracy': result['accuracy']})
-      writer.write_images(step, {'test_confusion_matrix': report.confusion_image(result['confusion_matrix'])})
-      writer.close()
+  for name, results in tests.items():
+    member_summaries = [_member_summary(result, training[name][k], class_names) for k, result in enumerate(results)]
+    if len(members) == 1:
+      summaries[name] = member_summaries[0]
+      continue
+    pooled = report.summarize(sum(result['confusion_matrix'] for result in results), class_names)
+    pooled['members'] = [
+      {'fold': member.fold.index, 'seed': member.seed, 'test_actors': list(member.fold.test_actors), **summary}
+      for member, summary in zip(members, member_summaries)
+    ]
+    pooled['aggregate'] = report.aggregate(member_summaries, [member.fold.index for member in members])
+    summaries[name] = pooled
   final = report.make_report(
     summaries,
     protocol=config.data.protocol,
     seed=config.seed,
-    partitions=counts,
+    partitions={name: len(indices) for name, indices in members[0].fold.parts.items()},
     dataset={
       'dir': os.path.abspath(config.data.dir),
       'num_clips': len(clips['label']),
       'stand_in_extractors': input_pipeline.uses_stand_in_extractors(info),
     },
+    fractions=config.data.fractions,
+    class_set=config.data.classes,
+    provenance=provenance,
   )
-  final['training'] = {name: training[name] for name in results}
-  if jax.process_index() == 0:
-    path = report.write_report(workdir, final)
-    logging.info('Wrote %s', path)
-    print(report.format_report(final), flush=True)
+  final['training'] = {name: training[name][0] if len(members) == 1 else training[name] for name in tests}
+  if len(members) > 1:
+    final['members'] = [member.name for member in members]
   return final
+
+
+def _prediction_rows(members, tests: dict, test_splits: dict) -> list[dict]:
+  """predictions.csv: one row per test clip, model and member."""
+  rows = []
+  for name, results in tests.items():
+    for k, (member, result) in enumerate(zip(members, results)):
+      rows += report.prediction_rows(
+        name,
+        test_splits[k],
+        result['probabilities'],
+        fold=member.fold.index if len(members) > 1 else None,
+        seed=member.seed,
+        predictions=result['probabilities'].argmax(1),
+      )
+  return rows
+
+
+def _write_test_events(paths: Paths, members, tests: dict, training: dict, class_names, *, is_training: bool) -> None:
+  """Test loss, accuracy and confusion image per stage in `<stage>/test`, once: eval runs add no events file."""
+  for name, results in tests.items():
+    directory = paths.test_events(name)
+    if not is_training and os.path.isdir(directory) and os.listdir(directory):
+      continue
+    epoch = max(summary['epochs_run'] for summary in training[name])
+    writer = metric_writers.create_default_writer(directory)
+    scalars = {}
+    for member, result in zip(members, results):
+      accuracy = float(np.trace(result['confusion_matrix']) / result['confusion_matrix'].sum())
+      prefix = '' if len(members) == 1 else f'{member.name}/'
+      scalars.update({f'{prefix}loss': result['loss'], f'{prefix}accuracy': accuracy})
+    writer.write_scalars(epoch, scalars)
+    summed = sum(result['confusion_matrix'] for result in results)
+    writer.write_images(
+      epoch, {'confusion_matrix': report.confusion_image(summed, name, 'test', class_names=class_names)}
+    )
+    writer.close()

@@ -57,6 +57,7 @@ def write_fake_dataset(
   separation: float = 1.0,
   fps: float = 45.0,
   modalities: tuple[str, ...] = ('audio', 'visual'),
+  calm_clips_per_actor: int = 0,
 ) -> str:
   """Writes fake schema-v1 shards and `dataset_info.json` into `out_dir`.
 
@@ -73,6 +74,8 @@ def write_fake_dataset(
     fps: recorded in the context and in `settings`.
     modalities: the embeddings written, as `build_tfrecords.py --modalities`: a clip of a
       build without 'visual' has 0 frames, one without 'audio' 0 rows.
+    calm_clips_per_actor: calm clips (label -1, as `build_tfrecords.py --include_calm`
+      writes them) added to each actor's clips, 0..8, with a class signal of their own.
 
   Returns:
     `out_dir`.
@@ -85,6 +88,8 @@ def write_fake_dataset(
     raise ValueError(f'num_actors must be in 1..{ravdess.NUM_ACTORS}, got {num_actors}.')
   if not modalities or set(modalities) - {'audio', 'visual'}:
     raise ValueError(f"modalities must be some of ('audio', 'visual'), got {modalities}.")
+  if not 0 <= calm_clips_per_actor <= 8:
+    raise ValueError(f'calm_clips_per_actor must be in 0..8, got {calm_clips_per_actor}.')
   if not 1 <= min_frames <= max_frames:
     raise ValueError(f'Need 1 <= min_frames <= max_frames, got {min_frames} and {max_frames}.')
   rng = np.random.default_rng(seed)
@@ -97,33 +102,40 @@ def write_fake_dataset(
   audio_directions = unit_rows(ravdess.NUM_CLASSES, schema.AUDIO_DIM)  # [classes, 128]
   actor_offsets_visual = 0.3 * unit_rows(num_actors, schema.VISUAL_DIM)
   actor_offsets_audio = 0.3 * unit_rows(num_actors, schema.AUDIO_DIM)
+  calm_code = next(code for code, name in ravdess.EMOTION_NAMES.items() if name == 'calm')
+  if calm_clips_per_actor:  # Only with calm clips, so that the default output stays as it was.
+    visual_directions = np.concatenate([visual_directions, unit_rows(1, schema.VISUAL_DIM)])
+    audio_directions = np.concatenate([audio_directions, unit_rows(1, schema.AUDIO_DIM)])
+  # (emotion code, direction row, intensity, statement, repetition) of each clip of an actor.
+  slots = [(_EMOTION_CODES[label], label, *take) for label, *take in _clip_slots()[:clips_per_actor]]
+  slots += [(calm_code, ravdess.NUM_CLASSES, i, s, r) for i in (1, 2) for s in (1, 2) for r in (1, 2)][
+    :calm_clips_per_actor
+  ]
 
   os.makedirs(out_dir, exist_ok=True)
   writers = [tf.io.TFRecordWriter(os.path.join(out_dir, schema.shard_name(i, num_shards))) for i in range(num_shards)]
   clips, shard_counts = [], collections.Counter()
-  slots = _clip_slots()[:clips_per_actor]
   try:
     for actor_index in range(num_actors):
       actor = actor_index + 1
-      for label, intensity, statement, repetition in slots:
-        code = _EMOTION_CODES[label]
+      for code, direction, intensity, statement, repetition in slots:
         name = ravdess.ClipName(ravdess.MODALITY_AUDIO_VIDEO, 1, code, intensity, statement, repetition, actor)
         num_frames = int(rng.integers(min_frames, max_frames + 1)) if 'visual' in modalities else 0
         num_rows = max(1, num_audio_frames + int(rng.integers(-1, 2))) if 'audio' in modalities else 0
         # The expression rises and falls over the clip, as a face does.
         envelope = np.sin(np.pi * (np.arange(num_frames) + 0.5) / num_frames)[:, None]  # [frames, 1]
         visual = (
-          separation * envelope * visual_directions[label]
+          separation * envelope * visual_directions[direction]
           + actor_offsets_visual[actor_index]
           + rng.normal(size=(num_frames, schema.VISUAL_DIM)) / np.sqrt(schema.VISUAL_DIM) * 4.0
         ).astype(np.float32)  # [frames, 512]
         audio = (
-          separation * audio_directions[label]
+          separation * audio_directions[direction]
           + actor_offsets_audio[actor_index]
           + rng.normal(size=(num_rows, schema.AUDIO_DIM)) / np.sqrt(schema.AUDIO_DIM) * 2.0
         ).astype(np.float32)  # [rows, 128]
         context = {
-          'label': label,
+          'label': -1 if code == calm_code else direction,
           'emotion_code': code,
           'actor': actor,
           'gender': name.gender,
@@ -147,7 +159,7 @@ def write_fake_dataset(
     for writer in writers:
       writer.close()
 
-  emotions = collections.Counter(ravdess.EMOTIONS[c['label']] for c in clips)
+  emotions = collections.Counter(ravdess.EMOTION_NAMES[c['emotion_code']] for c in clips)
   genders = collections.Counter(c['gender'] for c in clips)
   actors = collections.Counter(c['actor'] for c in clips)
   num_frames = sum(c['num_frames'] for c in clips)
@@ -170,7 +182,9 @@ def write_fake_dataset(
     'num_shards': num_shards,
     'shards': [{'name': schema.shard_name(i, num_shards), 'num_clips': shard_counts[i]} for i in range(num_shards)],
     'counts': {
-      'emotion': {name: emotions.get(name, 0) for name in ravdess.EMOTIONS},
+      'emotion': {
+        name: emotions.get(name, 0) for name in ravdess.EMOTIONS + (('calm',) if calm_clips_per_actor else ())
+      },
       'actor': {f'{a:02d}': actors[a] for a in sorted(actors)},
       'gender': {'male': genders.get(0, 0), 'female': genders.get(1, 0)},
     },

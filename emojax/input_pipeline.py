@@ -13,6 +13,7 @@ the LSTM's work proportional to the real lengths while bounding the number of sh
 compiles.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -377,7 +378,9 @@ def load_clips(config) -> tuple[Split, dict]:
       visual [N, max_frames, 512] float32, zero after each clip's end;
       num_frames [N] int32 in 1..max_frames (longer clips are cut, with a warning);
       audio [N, num_audio_frames, 128] float32, zero rows appended or extra rows cut;
-      label, actor, gender [N] int32; clip_id [N] str.
+      label [N] int32, the index in the class set of `config.data.classes` (clips of
+        other emotions, such as calm for 'thesis7', are left out);
+      actor, gender [N] int32; clip_id [N] str.
     info is the parsed dataset_info.json.
   """
   import tensorflow as tf
@@ -396,15 +399,33 @@ def load_clips(config) -> tuple[Split, dict]:
   num_audio_frames = config.model.audio.num_audio_frames
   records = _read_shards(files)
   _check_records(records, files, info, info_path)
-  in_classes = [r for r in records if 0 <= r['label'] < ravdess.NUM_CLASSES]
+  # The labels of the run's class set come from each clip's emotion code, so one set of
+  # TFRecords (built with --include_calm) serves 'thesis7' and 'ravdess8' alike.
+  class_set = config.data.get('classes', 'thesis7')
+  if class_set not in ravdess.CLASS_SETS:
+    raise ValueError(f'config.data.classes must be one of {sorted(ravdess.CLASS_SETS)}; got {class_set!r}.')
+  class_names = ravdess.CLASS_SETS[class_set]
+  label_of = {code: class_names.index(name) for code, name in ravdess.EMOTION_NAMES.items() if name in class_names}
+  in_classes = [r for r in records if int(r['emotion_code']) in label_of]
   if len(in_classes) < len(records):
-    logging.warning('Leaving out %d clips whose label is outside the 7 classes.', len(records) - len(in_classes))
+    left_out = sorted({ravdess.EMOTION_NAMES[int(r['emotion_code'])] for r in records} - set(class_names))
+    logging.info(
+      'Leaving out %d clips of %s, not in class set %r.', len(records) - len(in_classes), left_out, class_set
+    )
   records = sorted(in_classes, key=lambda r: r['clip_id'])
   clip_ids = [r['clip_id'].decode() for r in records]
   if len(set(clip_ids)) != len(clip_ids):
     raise ValueError(f'{data_dir} holds the same clip_id more than once: were two data_prep runs written into it?')
   if not records:
-    raise ValueError(f'{data_dir} holds no clips of the 7 classes.')
+    raise ValueError(f'{data_dir} holds no clips of class set {class_set!r} {list(class_names)}.')
+  present = {int(r['emotion_code']) for r in records}
+  missing = [name for code, name in ravdess.EMOTION_NAMES.items() if code in label_of and code not in present]
+  if missing:
+    hint = ' (rebuild it with build_tfrecords.py --include_calm)' if missing == ['calm'] else ''
+    raise ValueError(
+      f'{data_dir} has no clip of {missing}, which class set {class_set!r} needs{hint}; or use another '
+      '--config.data.classes.'
+    )
 
   n = len(records)
   visual = np.zeros((n, max_frames, schema.VISUAL_DIM), np.float32)
@@ -414,7 +435,7 @@ def load_clips(config) -> tuple[Split, dict]:
   for i, r in enumerate(records):
     frames = r['visual'][:max_frames]
     visual[i, : len(frames)] = frames
-    # A clip without frames is kept as one zero frame: nn.RNN cannot take length 0 (trap 2).
+    # A clip without frames is kept as one zero frame: an LSTM over no frame has no last state.
     num_frames[i] = max(1, len(frames))
     rows = r['audio'][:num_audio_frames]
     audio[i, : len(rows)] = rows
@@ -433,7 +454,7 @@ def load_clips(config) -> tuple[Split, dict]:
     'visual': visual,
     'num_frames': num_frames,
     'audio': audio,
-    'label': np.array([r['label'] for r in records], np.int32),
+    'label': np.array([label_of[int(r['emotion_code'])] for r in records], np.int32),
     'actor': np.array([r['actor'] for r in records], np.int32),
     'gender': np.array([r['gender'] for r in records], np.int32),
     'clip_id': np.array(clip_ids),
@@ -451,38 +472,81 @@ def _real_rows(split: Split, key: str) -> np.ndarray:
   return values.reshape(-1, values.shape[-1])
 
 
-def feature_statistics(split: Split, keys: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Per-dimension (mean, std) of `keys` over `split`'s real frames / rows; pass a training partition."""
+# `config.data.normalize`: how embeddings are scaled before a model sees them.
+#   'none':    raw, as the thesis fed them.
+#   'global':  one scalar mean and std per stream, which keeps the dimensions' relative scale.
+#   'per_dim': every dimension z-scored on its own.
+NORMALIZATIONS = ('none', 'global', 'per_dim')
+
+
+def normalization_statistics(split: Split, keys: Sequence[str], kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """(mean, std) of each of `keys` over `split`'s real frames / rows; pass a training partition.
+
+  Args:
+    split: host arrays of the training partition (visual padding is left out).
+    keys: the streams to normalise ('visual', 'audio', 'features').
+    kind: one of `NORMALIZATIONS`.
+
+  Returns:
+    key -> (mean, std) float64, each [dim] for 'per_dim' and [] for 'global'; {} for 'none'.
+    A constant dimension (or stream) gets std 1, so it is only centred.
+  """
+  if kind not in NORMALIZATIONS:
+    raise ValueError(f'config.data.normalize must be one of {NORMALIZATIONS}; got {kind!r}.')
   statistics = {}
+  if kind == 'none':
+    return statistics
   for key in keys:
-    rows = _real_rows(split, key)
-    mean = rows.mean(axis=0, dtype=np.float64)
-    std = rows.std(axis=0, dtype=np.float64)
-    std[std < 1e-6] = 1.0  # A constant dimension (e.g. a dead unit) is only centred.
+    rows = _real_rows(split, key)  # [rows, dim]
+    axis = 0 if kind == 'per_dim' else None
+    mean = np.asarray(rows.mean(axis=axis, dtype=np.float64))
+    std = np.asarray(rows.std(axis=axis, dtype=np.float64))
+    std[std < 1e-6] = 1.0
     statistics[key] = (mean, std)
   return statistics
 
 
-def standardize(split: Split, statistics: dict[str, tuple[np.ndarray, np.ndarray]]) -> Split:
-  """Z-scores each feature dimension with `statistics` (from `feature_statistics`).
+def normalize(split: Split, statistics: dict[str, tuple[np.ndarray, np.ndarray]]) -> Split:
+  """Applies `statistics` (from `normalization_statistics`): (x - mean) / std, per stream.
 
   Untrained (stand-in) extractors give embeddings whose differences between clips are tiny
-  next to their common offset, and even pretrained VGGish rows are far from unit scale; a
-  per-dimension z-score lets Adamax at the Keras learning rate make progress on either. The
-  statistics come from a training partition alone, so nothing about validation or test
-  clips leaks into training. `visual` padding stays zero.
+  next to their common offset, which raw inputs at the Keras learning rate barely resolve;
+  a z-score fixes that. The statistics come from a training partition alone, so nothing
+  about validation or test clips leaks into training. `visual` padding stays zero.
 
   Returns:
-    A copy of `split` with the keys of `statistics` standardised (float32); other arrays
+    A copy of `split` with the keys of `statistics` normalised (float32); other arrays
     are shared.
   """
   result = dict(split)
   for key, (mean, std) in statistics.items():
-    standardized = ((split[key] - mean) / std).astype(np.float32)
+    normalized = ((split[key] - mean) / std).astype(np.float32)
     if key == 'visual':
-      standardized[np.arange(standardized.shape[1])[None, :] >= split['num_frames'][:, None]] = 0.0
-    result[key] = standardized
+      normalized[np.arange(normalized.shape[1])[None, :] >= split['num_frames'][:, None]] = 0.0
+    result[key] = normalized
   return result
+
+
+def save_normalization(path: str, kind: str, statistics: Sequence[dict[str, tuple[np.ndarray, np.ndarray]]]) -> None:
+  """Writes a stage's statistics, one dict per member, so that prediction scales new clips as training did."""
+  arrays = {'kind': np.array(kind), 'num_members': np.array(len(statistics))}
+  for key in statistics[0] if statistics else ():
+    arrays[f'{key}_mean'] = np.stack([member[key][0] for member in statistics])  # [K, dim] or [K]
+    arrays[f'{key}_std'] = np.stack([member[key][1] for member in statistics])
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  temporary = path + '.tmp.npz'
+  np.savez(temporary, **arrays)
+  os.replace(temporary, path)
+
+
+def load_normalization(path: str) -> tuple[str, list[dict[str, tuple[np.ndarray, np.ndarray]]]]:
+  """(kind, per-member statistics) as `save_normalization` wrote them."""
+  with np.load(path) as saved:
+    keys = [name[: -len('_mean')] for name in saved.files if name.endswith('_mean')]
+    members = [
+      {key: (saved[f'{key}_mean'][k], saved[f'{key}_std'][k]) for key in keys} for k in range(int(saved['num_members']))
+    ]
+    return str(saved['kind']), members
 
 
 def take(split: Split, indices: np.ndarray) -> Split:
@@ -494,6 +558,95 @@ def num_batches(num_examples: int, batch_size: int) -> int:
   return -(-num_examples // batch_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class MemberData:
+  """One member's view of a partition: some rows of host arrays that members may share.
+
+  Attributes:
+    arrays: host arrays, first axis = clip (`label` and the model's inputs).
+    indices: the member's rows of `arrays`, in order.
+    statistics: `normalization_statistics` its inputs are scaled with ({}: raw).
+    shuffle_seed: None keeps `indices` in order; otherwise they are permuted with
+      `np.random.default_rng([*shuffle_seed, epoch])`, so each epoch has its own order and
+      the same (seed, epoch) always gives the same batches (resumed runs included).
+  """
+
+  arrays: Split
+  indices: np.ndarray
+  statistics: dict = dataclasses.field(default_factory=dict)
+  shuffle_seed: tuple[int, ...] | None = None
+
+  def order(self, epoch: int) -> np.ndarray:
+    if self.shuffle_seed is None:
+      return self.indices
+    return self.indices[np.random.default_rng([*self.shuffle_seed, epoch]).permutation(len(self.indices))]
+
+
+def member_batches(
+  members: Sequence[MemberData],
+  batch_size: int,
+  *,
+  keys: Sequence[str],
+  epoch: int = 0,
+  time_bucket: int | None = None,
+  active: np.ndarray | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Yields [K, batch_size, ...] batches: row k is member k's next batch of its own rows.
+
+  Members with fewer batches than the longest (and members not `active`) get empty rows
+  once theirs run out: every row of their batch is padding (`mask` False), which the
+  train step turns into no update.
+
+  Args:
+    members: the K members' data.
+    batch_size: rows per member per batch (global, all devices together).
+    keys: model inputs to include besides `label` and `mask` (e.g. ('visual', 'num_frames')).
+    epoch: folded into the members' shuffles.
+    time_bucket: when set, `visual` is cut to the longest clip of the batch (all members)
+      rounded up to a multiple of it, never past the stored length: padding beyond a
+      clip's length is masked anyway, so results do not change and the LSTM skips dead steps.
+    active: [K] bool; False gives that member no rows at all.
+
+  Yields:
+    Dicts of [K, batch_size, ...] arrays: `keys` (scaled by each member's statistics),
+    `label` int32 and `mask` bool (False on padding rows, whose inputs are zero and
+    `num_frames` 1).
+  """
+  active = np.ones(len(members), bool) if active is None else np.asarray(active, bool)
+  orders = [member.order(epoch) if on else member.indices[:0] for member, on in zip(members, active)]
+  for start in range(0, max(len(order) for order in orders), batch_size):
+    chunks = [order[start : start + batch_size] for order in orders]  # [real_k] each
+    length = None
+    if 'visual' in keys:
+      longest = max(
+        int(member.arrays['num_frames'][chunk].max()) for member, chunk in zip(members, chunks) if len(chunk)
+      )
+      stored = members[0].arrays['visual'].shape[1]
+      length = min(-(-longest // time_bucket) * time_bucket, stored) if time_bucket else stored
+    batch = {}
+    for key in (*keys, 'label'):
+      reference = members[0].arrays[key]
+      shape = reference.shape[1:] if key != 'visual' else (length, *reference.shape[2:])
+      padded = np.zeros((len(members), batch_size, *shape), reference.dtype)
+      if key == 'num_frames':
+        padded[:] = 1  # Padding rows get one (zero) frame: an LSTM over no frame has no last state.
+      for k, (member, chunk) in enumerate(zip(members, chunks)):
+        if len(chunk):
+          value = member.arrays[key][chunk] if key != 'visual' else member.arrays[key][chunk, :length]
+          if key in member.statistics:
+            mean, std = member.statistics[key]
+            value = ((value - mean.astype(np.float32)) / std.astype(np.float32)).astype(np.float32)
+            if key == 'visual':
+              value[np.arange(length)[None, :] >= member.arrays['num_frames'][chunk][:, None]] = 0.0
+          padded[k, : len(chunk)] = value
+      batch[key] = padded
+    mask = np.zeros((len(members), batch_size), bool)
+    for k, chunk in enumerate(chunks):
+      mask[k, : len(chunk)] = True
+    batch['mask'] = mask
+    yield batch
+
+
 def batches(
   split: Split,
   batch_size: int,
@@ -502,52 +655,10 @@ def batches(
   shuffle_seed: Sequence[int] | None = None,
   epoch: int = 0,
   time_bucket: int | None = None,
-  process_index: int = 0,
-  process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Yields padded batches of `split` with a `mask`; every batch has the same number of rows.
-
-  Args:
-    split: host arrays, first axis = clip; must hold `label` and `keys`.
-    batch_size: the global batch size (all processes together).
-    keys: model inputs to include besides `label` and `mask` (e.g. ('visual', 'num_frames')).
-    shuffle_seed: None keeps the order of `split`; otherwise the clips are permuted with
-      `np.random.default_rng([*shuffle_seed, epoch])`, so each epoch has its own order and
-      the same (seed, epoch) always gives the same batches (resumed runs included).
-    epoch: folded into the permutation.
-    time_bucket: when set, `visual` is cut to the batch's longest clip rounded up to a
-      multiple of it (never past the stored length): padding beyond a clip's length is masked
-      anyway, so results do not change and the LSTM skips dead steps.
-    process_index, process_count: a process gets rows [i * B / P, (i + 1) * B / P) of each
-      global batch; the cut of the time axis is taken over the global batch so all
-      processes agree on the shape.
-
-  Yields:
-    Dicts of [batch_size / process_count, ...] arrays: `keys`, `label` int32 and `mask`
-    bool (False on padding rows, whose inputs are zero and `num_frames` 1).
-  """
-  if batch_size % process_count:
-    raise ValueError(f'batch_size {batch_size} is not divisible by the {process_count} processes.')
-  n = len(split['label'])
-  order = np.arange(n) if shuffle_seed is None else np.random.default_rng([*shuffle_seed, epoch]).permutation(n)
-  local = batch_size // process_count
-  rows = slice(process_index * local, (process_index + 1) * local)
-  for start in range(0, n, batch_size):
-    indices = order[start : start + batch_size]  # [real]
-    real = len(indices)
-    batch = {}
-    for key in (*keys, 'label'):
-      value = split[key][indices]
-      if key == 'visual' and time_bucket:
-        longest = int(split['num_frames'][indices].max())
-        length = min(-(-longest // time_bucket) * time_bucket, value.shape[1])
-        value = value[:, :length]  # [real, time, 512]
-      padded = np.zeros((batch_size, *value.shape[1:]), value.dtype)
-      if key == 'num_frames':
-        padded[:] = 1  # Padding rows get one (zero) frame: nn.RNN needs length >= 1.
-      padded[:real] = value
-      batch[key] = padded[rows]
-    mask = np.zeros((batch_size,), bool)
-    mask[:real] = True
-    batch['mask'] = mask[rows]
-    yield batch
+  """`member_batches` of one member holding all of `split`, without the member axis: [batch_size, ...]."""
+  member = MemberData(
+    split, np.arange(len(split['label'])), shuffle_seed=None if shuffle_seed is None else tuple(shuffle_seed)
+  )
+  for batch in member_batches([member], batch_size, keys=keys, epoch=epoch, time_bucket=time_bucket):
+    yield {key: value[0] for key, value in batch.items()}

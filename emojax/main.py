@@ -16,6 +16,8 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID). Every process re
 (small) dataset and feeds its slice of each global batch; process 0 writes the reports.
 """
 
+import os
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -31,6 +33,26 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def initialize_distributed(environ) -> None:
+  """`jax.distributed.initialize()`, told the job's layout by JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.
+
+  jax finds the layout itself on Cloud TPU, SLURM and Open MPI; elsewhere these variables
+  give it, and jax 0.10.2 reads only the first of them on its own.
+  """
+  layout = {}
+  for variable, argument, kind in (
+    ('JAX_COORDINATOR_ADDRESS', 'coordinator_address', str),
+    ('JAX_NUM_PROCESSES', 'num_processes', int),
+    ('JAX_PROCESS_ID', 'process_id', int),
+  ):
+    if environ.get(variable):
+      try:
+        layout[argument] = kind(environ[variable])
+      except ValueError:
+        cli.fail(f'{variable}={environ[variable]!r} is not a whole number: set it to the {argument.replace("_", " ")}.')
+  jax.distributed.initialize(**layout)
+
+
 def main(argv):
   del argv  # cli.parse_flags refuses positional arguments.
   cli.filter_start_up_noise()
@@ -40,7 +62,7 @@ def main(argv):
   from emojax import experiment
 
   if FLAGS.multihost:
-    jax.distributed.initialize()
+    initialize_distributed(os.environ)
   logging.info('JAX process %d of %d; devices: %s', jax.process_index(), jax.process_count(), jax.devices())
   try:
     experiment.run(FLAGS.config, FLAGS.workdir)

@@ -4,6 +4,14 @@ Every model has the same call signature, `model(batch, train=...) -> (logits, pe
 so one generic train step serves all three: `batch` is a dict of arrays and each model reads
 only the keys it needs. `penultimate` is the representation the stacker consumes
 (256-D from the audio MLP, 100-D from the visual LSTM) and its own 256-D hidden layer.
+
+The layers start where the thesis' Keras layers start, because how a small model learns on
+a few hundred clips depends on it: Dense kernels glorot_uniform with zero biases; LSTM
+kernels glorot_uniform over all four gates at once ([in, 4H]), recurrent kernels orthogonal
+over all four gates at once ([H, 4H], so each gate's block has a quarter of the energy of a
+per-gate orthogonal matrix), and biases zero except the forget gate's, which is 1 (Keras'
+`unit_forget_bias`). The LSTM's parameters use Keras' layout (gates i, f, c, o along the last
+axis), so Keras weights load into it unchanged.
 """
 
 import dataclasses
@@ -12,10 +20,27 @@ import json
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
 from emojax import ravdess
+
+# Keras' defaults for Dense and LSTM layers.
+dense_kernel_init = nn.initializers.glorot_uniform()
+lstm_kernel_init = nn.initializers.glorot_uniform()
+lstm_recurrent_init = nn.initializers.orthogonal()
+
+
+def lstm_bias_init(key, shape, dtype=jnp.float32):
+  """Zeros with the forget gate's quarter at 1 (Keras' `unit_forget_bias`); gates i, f, c, o."""
+  del key
+  hidden = shape[-1] // 4
+  return jnp.zeros(shape, dtype).at[..., hidden : 2 * hidden].set(1.0)
+
+
+def _dense(features: int, name: str) -> nn.Dense:
+  return nn.Dense(features, kernel_init=dense_kernel_init, bias_init=nn.initializers.zeros, name=name)
 
 
 def _mlp_classifier(
@@ -31,10 +56,10 @@ def _mlp_classifier(
     before its dropout so the stacker's features do not depend on a dropout key.
   """
   for i, width in enumerate(hidden_sizes):
-    x = nn.relu(nn.Dense(width, name=f'hidden_{i}')(x))
+    x = nn.relu(_dense(width, f'hidden_{i}')(x))
     penultimate = x
     x = nn.Dropout(dropout_rate, deterministic=not train)(x)
-  logits = nn.Dense(num_classes, name='head')(x)
+  logits = _dense(num_classes, 'head')(x)
   return logits, penultimate
 
 
@@ -68,19 +93,81 @@ class AudioMLP(nn.Module):
     return _mlp_classifier(x, self.hidden_sizes, self.dropout_rate, self.num_classes, train=train)
 
 
+def lstm_scan(
+  inputs: jnp.ndarray,
+  is_real: jnp.ndarray,
+  kernel: jnp.ndarray,
+  recurrent_kernel: jnp.ndarray,
+  bias: jnp.ndarray,
+  unroll: int = 1,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """One LSTM layer over padded sequences, as Keras' LSTM with a mask computes it.
+
+  The input projection of every frame is one matrix product before the scan; the scan only
+  adds the recurrent term. On a frame where `is_real` is False the state is carried over
+  unchanged, so a clip's state after its last real frame is its state at the end.
+
+  Args:
+    inputs: [batch, time, in] frames (padding rows must be finite).
+    is_real: [batch, time] bool, False on padding frames.
+    kernel: [in, 4H]; recurrent_kernel: [H, 4H]; bias: [4H]; gates i, f, c, o.
+    unroll: time steps per scan iteration (speed only).
+
+  Returns:
+    outputs [batch, time, H] (the state after each frame) and the last state h [batch, H].
+  """
+  hidden = recurrent_kernel.shape[0]
+  projected = jnp.einsum('btd,dg->tbg', inputs, kernel) + bias  # [time, batch, 4H]
+
+  def step(carry, frame):
+    h, c = carry  # [batch, H] each
+    z, real = frame  # [batch, 4H], [batch]
+    i, f, g, o = jnp.split(z + h @ recurrent_kernel, 4, axis=-1)
+    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+    real = real[:, None]
+    h, c = jnp.where(real, h_new, h), jnp.where(real, c_new, c)
+    return (h, c), h
+
+  zeros = jnp.zeros((inputs.shape[0], hidden), inputs.dtype)
+  (h, _), outputs = jax.lax.scan(step, (zeros, zeros), (projected, is_real.T), unroll=unroll)
+  return outputs.swapaxes(0, 1), h
+
+
+class LSTM(nn.Module):
+  """A Keras-layout LSTM layer: parameters `kernel` [in, 4H], `recurrent_kernel` [H, 4H], `bias` [4H].
+
+  Attributes:
+    features: the hidden size H.
+    unroll: time steps per scan iteration (speed only).
+  """
+
+  features: int
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, inputs: jnp.ndarray, is_real: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """[batch, time, in], [batch, time] bool -> (outputs [batch, time, H], last state [batch, H])."""
+    gates = 4 * self.features
+    kernel = self.param('kernel', lstm_kernel_init, (inputs.shape[-1], gates))
+    recurrent_kernel = self.param('recurrent_kernel', lstm_recurrent_init, (self.features, gates))
+    bias = self.param('bias', lstm_bias_init, (gates,))
+    return lstm_scan(inputs, is_real, kernel, recurrent_kernel, bias, self.unroll)
+
+
 class VisualLSTM(nn.Module):
   """VGG16 frame embeddings -> LSTM 200 -> LSTM 100 -> Dense 7, over each clip's real frames.
 
   Reads `batch['visual']`: [batch, time, 512], clips padded at the end to a common `time`, and
-  `batch['num_frames']`: [batch] int, each clip's real length. The LSTMs are `lax.scan`s
-  (Flax's `nn.RNN`) given `seq_lengths`, so a clip's carry stops changing after its last real
-  frame; the representation is the last layer's hidden state there (the carry's `h`), what
-  Keras' `LSTM(return_sequences=False)` with a mask returns.
+  `batch['num_frames']`: [batch] int, each clip's real length. Each LSTM is a `lax.scan` that
+  carries its state over padding frames (`lstm_scan`), so the representation is the last
+  layer's state after each clip's last real frame, what Keras' `LSTM(return_sequences=False)`
+  with a mask returns.
 
   Padding frames are zeroed before the scan: their values cannot reach the outputs anyway,
   but a NaN or inf in the padding would otherwise turn the gradients into NaN through the
-  masked branch. A clip with `num_frames` 0 is treated as length 1 (`nn.RNN` would return the
-  carry after the last padded step for length 0); the data pipeline keeps such clips out.
+  masked branch. A clip with `num_frames` 0 is treated as length 1 (one zero frame); the data
+  pipeline keeps such clips out.
 
   Attributes:
     lstm_sizes: hidden size of each stacked LSTM layer.
@@ -103,12 +190,10 @@ class VisualLSTM(nn.Module):
     is_real = jnp.arange(visual.shape[1])[None, :] < num_frames[:, None]  # [batch, time]
     x = jnp.where(is_real[..., None], visual, 0.0)
     for i, hidden_size in enumerate(self.lstm_sizes):
-      # The name goes on the cell: a name on nn.RNN does not name its parameters.
-      lstm = nn.RNN(nn.OptimizedLSTMCell(features=hidden_size, name=f'lstm_{i}'), return_carry=True, unroll=self.unroll)
-      (_, last_hidden), x = lstm(x, seq_lengths=num_frames)  # x: [batch, time, hidden_size]
+      x, last_hidden = LSTM(hidden_size, unroll=self.unroll, name=f'lstm_{i}')(x, is_real)  # x: [batch, time, H]
     penultimate = last_hidden  # [batch, lstm_sizes[-1]]
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(penultimate)
-    logits = nn.Dense(self.num_classes, name='head')(x)
+    logits = _dense(self.num_classes, 'head')(x)
     return logits, penultimate
 
 
@@ -140,39 +225,45 @@ class ModelSpec:
   """A model as the trainer and the experiment see it.
 
   Attributes:
-    build: `config.model.<name>` -> the unbound Flax module.
-    inputs: the batch keys the model reads, besides 'label' and 'mask'.
+    build: (`config.model.<name>`, number of classes) -> the unbound Flax module.
+    inputs: the batch keys the model reads, besides 'label' and 'mask'; the first is the
+      embedding stream that `config.data.normalize` scales.
     stacked: True for a model trained on the base models' penultimate features.
   """
 
-  build: Callable[[ml_collections.ConfigDict], nn.Module]
+  build: Callable[[ml_collections.ConfigDict, int], nn.Module]
   inputs: tuple[str, ...]
   stacked: bool = False
+
+  @property
+  def stream(self) -> str:
+    """The embedding the model reads ('audio', 'visual' or 'features')."""
+    return self.inputs[0]
 
 
 # The one table of models; every other list of model names derives from it.
 MODELS = {
   'audio': ModelSpec(
-    build=lambda cfg: AudioMLP(
+    build=lambda cfg, num_classes: AudioMLP(
       hidden_sizes=tuple(cfg.hidden_sizes),
       dropout_rate=cfg.dropout_rate,
       num_audio_frames=cfg.num_audio_frames,
-      num_classes=ravdess.NUM_CLASSES,
+      num_classes=num_classes,
     ),
     inputs=('audio',),
   ),
   'visual': ModelSpec(
-    build=lambda cfg: VisualLSTM(
+    build=lambda cfg, num_classes: VisualLSTM(
       lstm_sizes=tuple(cfg.lstm_sizes),
       dropout_rate=cfg.dropout_rate,
-      num_classes=ravdess.NUM_CLASSES,
+      num_classes=num_classes,
       unroll=cfg.get('unroll', 1),  # Optional field: a speed knob only.
     ),
     inputs=('visual', 'num_frames'),
   ),
   'stacker': ModelSpec(
-    build=lambda cfg: Stacker(
-      hidden_sizes=tuple(cfg.hidden_sizes), dropout_rate=cfg.dropout_rate, num_classes=ravdess.NUM_CLASSES
+    build=lambda cfg, num_classes: Stacker(
+      hidden_sizes=tuple(cfg.hidden_sizes), dropout_rate=cfg.dropout_rate, num_classes=num_classes
     ),
     inputs=('features',),
     stacked=True,
@@ -182,7 +273,7 @@ MODELS = {
 BASE_MODELS = tuple(name for name, spec in MODELS.items() if not spec.stacked)
 
 
-def build_model(name: str, model_config) -> nn.Module:
+def build_model(name: str, model_config, num_classes: int = ravdess.NUM_CLASSES) -> nn.Module:
   """Builds model `name` of `MODELS` from `config.model` (its sub-dict of the same name).
 
   Equal settings give the same instance: a module is a static field of the train state, so
@@ -190,9 +281,9 @@ def build_model(name: str, model_config) -> nn.Module:
   """
   if name not in MODELS:
     raise ValueError(f'Unknown model name {name!r}: use one of {list(MODELS)}.')
-  return _cached_model(name, ml_collections.ConfigDict(model_config[name]).to_json())
+  return _cached_model(name, ml_collections.ConfigDict(model_config[name]).to_json(), num_classes)
 
 
 @functools.cache
-def _cached_model(name: str, settings_json: str) -> nn.Module:
-  return MODELS[name].build(ml_collections.ConfigDict(json.loads(settings_json)))
+def _cached_model(name: str, settings_json: str, num_classes: int) -> nn.Module:
+  return MODELS[name].build(ml_collections.ConfigDict(json.loads(settings_json)), num_classes)

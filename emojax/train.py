@@ -1,20 +1,28 @@
-"""Fitting one stage: a model, its batches, early stopping, checkpoints and TensorBoard.
+"""Fitting one stage: many members of one model in one compiled program, with early stopping.
 
-A stage is stage-agnostic here: `fit` trains (or resumes, or restores a finished) model
-from the batch iterators it is given, and `restore` loads its best checkpoint for eval-only
-runs. What the stages are and how they chain (base models, features, stacker) is
+A stage trains K *members* of one model at once: the (fold, seed) pairs of a
+cross-validation run, or a single member for the thesis' one split. The train state
+carries a leading member axis on every leaf (parameters, Adamax state, step, dropout key,
+best parameters), and the train, eval and predict steps are `jax.vmap`s of the
+single-member steps over it, so K small models cost one program, one compile and one
+checkpoint. Each member has its own batches (the caller's batches are [K, batch, ...] with
+per-member masks), its own early stopping and its own best parameters, kept on the device:
+a member that stopped is frozen (its updates are masked out) and the stage ends when every
+member has stopped or reached `num_epochs`.
+
+`fit` trains (or resumes, or restores a finished) stage from the batch iterators it is
+given; `restore` loads it for eval-only runs. What the stages are and how they chain is
 `emojax.experiment`'s business.
 
-Each stage keeps its own orbax checkpoints (`<stage dir>/checkpoints`, the best by
-validation loss and the latest) and TensorBoard events (`<stage dir>/`). A finished stage
-leaves `<stage dir>/DONE` and is only restored afterwards; a stage killed midway resumes
-from its latest checkpoint. Everything random is a function of the stage's key and the
-step: dropout keys are `fold_in(dropout key, step)`, and the caller's batch order must
-depend only on the epoch, so a resumed run ends with the same state as an uninterrupted one.
+Checkpoints: one orbax manager per stage (`<stage dir>/checkpoints`) keeps the latest
+state, best parameters included, written at most every `config.checkpoint_every_secs` and
+always at the end; a finished stage leaves `<stage dir>/DONE`. Everything random is a
+function of the members' keys, the step and the epoch, so a stage killed anywhere and
+started again replays the lost epochs exactly and ends in the same state.
 
-Data parallelism: one mesh axis 'data' over all devices; the train state is replicated and
-each batch is split along its first axis, so the same code runs on one CPU, several GPUs,
-a TPU host or several hosts (each process feeds its slice of the global batch).
+Devices: a mesh of ('members', 'data') axes over all devices; the state is split along the
+member axis (`config.mesh.member_shards` ways, 1 by default) and each batch along both, so
+the same code runs on one CPU, several GPUs, a TPU host or several hosts.
 """
 
 import contextlib
@@ -22,7 +30,9 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,21 +52,38 @@ from emojax import metrics, report
 DONE_FILENAME = 'DONE'
 
 
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus what one member needs to train alone.
+
+  Attributes:
+    dropout_key: raw PRNG key data (uint32 [2]); the step is folded in at every step.
+    best_params: the parameters of the member's best epoch so far (lowest validation loss).
+  """
+
+  dropout_key: jax.Array
+  best_params: Any
+
+
 # ----------------------------------------------------------------------------- steps
 
 
-def create_train_state(optimizer_config, model: nn.Module, rng: jax.Array, example_batch: dict):
-  """Initialises `model` on `example_batch` and pairs it with Adamax (`config.optimizer`)."""
-  params_rng, dropout_rng = jax.random.split(rng)
-  params = _jitted_init(model)({'params': params_rng, 'dropout': dropout_rng}, example_batch)['params']
-  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=_optimizer(optimizer_config))
-  # A strong int32 step, as a restored checkpoint has: otherwise the steps compile twice.
-  return state.replace(step=jnp.zeros((), jnp.int32))
+def create_train_state(optimizer_config, model: nn.Module, key: jax.Array, example_batch: dict) -> TrainState:
+  """One member's state: `model` initialised on `example_batch` ([batch, ...]), with Adamax (`config.optimizer`)."""
+  params_key, dropout_key = jax.random.split(key)
+  params = model.init({'params': params_key, 'dropout': dropout_key}, example_batch, train=False)['params']
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=params,
+    tx=_optimizer(optimizer_config),
+    dropout_key=jax.random.key_data(dropout_key),
+    best_params=jax.tree.map(jnp.copy, params),  # Its own buffers: the train step donates the state.
+  ).replace(step=jnp.zeros((), jnp.int32))  # A strong int32, as a restored checkpoint has.
 
 
-@functools.cache
-def _jitted_init(model):
-  return jax.jit(functools.partial(model.init, train=False))
+def create_member_states(optimizer_config, model: nn.Module, keys: jax.Array, example_batch: dict) -> TrainState:
+  """K members' states stacked on a leading axis; `keys` [K], `example_batch` [K, batch, ...]."""
+  member_batch = jax.tree.map(lambda x: x[0], example_batch)
+  return jax.vmap(lambda key: create_train_state(optimizer_config, model, key, member_batch))(keys)
 
 
 def _optimizer(optimizer_config) -> optax.GradientTransformation:
@@ -85,19 +112,19 @@ def masked_mean(values: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def train_step(state: train_state.TrainState, batch: dict, dropout_rng: jax.Array):
-  """One Adamax step on the masked mean cross-entropy.
+def train_step(state: TrainState, batch: dict, active: jnp.ndarray):
+  """One member's Adamax step on its masked mean cross-entropy.
 
   Args:
-    state: the replicated train state.
-    batch: the model's inputs plus `label` [batch] int32 and `mask` [batch] bool.
-    dropout_rng: the stage's dropout key; the step number is folded in, so a resumed run
-      draws the same dropout masks.
+    state: the member's state.
+    batch: its inputs plus `label` [batch] int32 and `mask` [batch] bool.
+    active: bool []; False for a member that stopped early. A member whose batch is all
+      padding (its epoch has fewer batches than another member's) is left alone too.
 
   Returns:
     (new state, `metrics.TrainMetrics` of this batch).
   """
-  dropout_rng = jax.random.fold_in(dropout_rng, state.step)
+  dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
 
   def loss_fn(params):
     logits, _ = state.apply_fn({'params': params}, batch, train=True, rngs={'dropout': dropout_rng})
@@ -105,50 +132,88 @@ def train_step(state: train_state.TrainState, batch: dict, dropout_rng: jax.Arra
     return masked_mean(per_example, batch['mask']), (logits, per_example)
 
   (_, (logits, per_example)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads)
+  updated = state.apply_gradients(grads=grads)
+  # Adamax moves parameters even on a zero gradient (its momentum), so a frozen member's
+  # update is dropped as a whole, step counter included.
+  take = jnp.logical_and(active, jnp.any(batch['mask']))
+  state = jax.tree.map(lambda new, old: jnp.where(take, new, old), updated, state)
   batch_metrics = metrics.TrainMetrics.single_from_model_output(
     logits=logits, labels=batch['label'], loss=per_example, mask=batch['mask']
   )
   return state, batch_metrics
 
 
-def eval_step(state: train_state.TrainState, batch: dict) -> metrics.EvalMetrics:
-  """Loss, accuracy and confusion matrix of one batch, padding rows excluded."""
+def eval_step(state: TrainState, batch: dict) -> metrics.EvalMetrics:
+  """One member's loss, accuracy and confusion matrix of one batch, padding rows excluded."""
   logits, _ = state.apply_fn({'params': state.params}, batch, train=False)
   return metrics.EvalMetrics.single_from_model_output(
     logits=logits, labels=batch['label'], loss=cross_entropy(logits, batch['label']), mask=batch['mask']
   )
 
 
-def predict_step(state: train_state.TrainState, batch: dict) -> jnp.ndarray:
-  """The penultimate representation [batch, features], what the stacker reads."""
-  _, penultimate = state.apply_fn({'params': state.params}, batch, train=False)
-  return penultimate
+def predict_step(state: TrainState, batch: dict) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """One member's logits [batch, classes] and penultimate representation [batch, features]."""
+  return state.apply_fn({'params': state.params}, batch, train=False)
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """One 'data' axis over every device (of every process)."""
-  # Built directly: jax.make_mesh defaults to Explicit axes, under which nn.RNN's scan fails.
-  return jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+def keep_best(state: TrainState, improved: jnp.ndarray) -> TrainState:
+  """Copies the parameters into `best_params` where the member `improved` (bool [])."""
+  best = jax.tree.map(lambda new, old: jnp.where(improved, new, old), state.params, state.best_params)
+  return state.replace(best_params=best)
+
+
+def make_mesh(member_shards: int = 1) -> jax.sharding.Mesh:
+  """A ('members', 'data') mesh over every device (of every process)."""
+  devices = np.array(jax.devices())
+  if devices.size % member_shards:
+    raise ValueError(f'config.mesh.member_shards {member_shards} does not divide the {devices.size} devices.')
+  # Built directly: jax.make_mesh defaults to Explicit axes, under which the LSTM's scan fails.
+  return jax.sharding.Mesh(devices.reshape(member_shards, -1), ('members', 'data'))
 
 
 @functools.cache
 def jitted_steps(mesh: jax.sharding.Mesh):
-  """train / eval / predict steps jitted for `mesh`: state replicated, batch split on 'data'."""
+  """The vmapped train / eval / predict / keep-best steps, jitted for `mesh`.
+
+  The state and per-member vectors are split on 'members', batches on ('members', 'data');
+  metrics and predictions come back replicated, so every process can read them.
+  """
+  members = NamedSharding(mesh, P('members'))
+  batch = NamedSharding(mesh, P('members', 'data'))
   replicated = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P('data'))
   train = jax.jit(
-    train_step, in_shardings=(replicated, data, replicated), out_shardings=(replicated, replicated), donate_argnums=0
+    jax.vmap(train_step),
+    in_shardings=(members, batch, members),
+    out_shardings=(members, replicated),
+    donate_argnums=0,
   )
-  evaluate = jax.jit(eval_step, in_shardings=(replicated, data), out_shardings=replicated)
-  predict = jax.jit(predict_step, in_shardings=(replicated, data), out_shardings=replicated)
-  return train, evaluate, predict
+  evaluate = jax.jit(jax.vmap(eval_step), in_shardings=(members, batch), out_shardings=replicated)
+  predict = jax.jit(jax.vmap(predict_step), in_shardings=(members, batch), out_shardings=replicated)
+  best = jax.jit(jax.vmap(keep_best), in_shardings=(members, members), out_shardings=members, donate_argnums=0)
+  return train, evaluate, predict, best
 
 
 def to_device(batch: dict, mesh: jax.sharding.Mesh) -> dict:
-  """This process's rows of a global batch -> global arrays split on 'data'."""
-  data = NamedSharding(mesh, P('data'))
-  return {key: jax.make_array_from_process_local_data(data, value) for key, value in batch.items()}
+  """A global [K, batch, ...] host batch (the same on every process) -> global arrays split on the mesh.
+
+  Each process hands over only the pieces its own devices hold.
+  """
+  sharding = NamedSharding(mesh, P('members', 'data'))
+  return {
+    key: jax.make_array_from_callback(value.shape, sharding, lambda index, value=value: value[index])
+    for key, value in batch.items()
+  }
+
+
+def compute_members(collection) -> dict[str, np.ndarray]:
+  """`compute()` of a clu Collection whose leaves carry a leading member axis: each metric as [K, ...]."""
+  return jax.device_get(jax.vmap(lambda member: member.compute())(collection))
+
+
+def _on_members(values: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
+  """A host [K] vector -> a global array split on 'members'."""
+  sharding = NamedSharding(mesh, P('members'))
+  return jax.make_array_from_callback(values.shape, sharding, lambda index: values[index])
 
 
 # ----------------------------------------------------------------------------- a stage
@@ -156,55 +221,70 @@ def to_device(batch: dict, mesh: jax.sharding.Mesh) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One model to fit, and how it sees its data.
+  """One model to fit as K members, and how they see their data.
 
   Attributes:
     name: for logs and errors ('audio', 'visual', 'stacker').
     directory: where its checkpoints, TensorBoard events and DONE file go.
     model: the unbound Flax module.
-    key: the stage's PRNG key; initial parameters and dropout keys derive from it.
-    train_batches: epoch (1-based) -> that epoch's training batches, in an order that
-      depends only on the epoch (so a resumed run sees the same batches).
-    val_batches: () -> the validation batches, for early stopping.
-    example_batch: one batch with the shapes the model is initialised on.
-    num_train_batches: batches per epoch, for the progress report.
+    members: a name per member, such as 'fold_0/seed_1' (TensorBoard tags, errors).
+    keys: [K] PRNG keys; each member's initial parameters and dropout keys derive from its own.
+    train_batches: (epoch, active [K] bool) -> that epoch's [K, batch, ...] training
+      batches; member k's rows must depend only on the epoch (a resumed run sees the same
+      batches), and a member that is not active may be given empty rows.
+    val_batches: () -> the [K, batch, ...] validation batches, for early stopping.
+    example_batch: one [K, batch, ...] batch with the shapes the model is initialised on.
+    num_train_batches: batches per epoch (of the member with the most), for steps/s.
+    class_names: the classes, in label order (for the confusion images).
   """
 
   name: str
   directory: str
   model: nn.Module
-  key: jax.Array
-  train_batches: Callable[[int], Iterable[dict]]
+  members: tuple[str, ...]
+  keys: jax.Array
+  train_batches: Callable[[int, np.ndarray], Iterable[dict]]
   val_batches: Callable[[], Iterable[dict]]
   example_batch: dict
   num_train_batches: int
+  class_names: tuple[str, ...]
 
 
-def evaluate(state, batches: Iterable[dict], mesh) -> dict:
-  """Runs `eval_step` over `batches`; returns {'loss', 'accuracy', 'confusion_matrix' [7, 7] np.int64}."""
-  _, eval_fn, _ = jitted_steps(mesh)
+def evaluate(state: TrainState, batches: Iterable[dict], mesh) -> dict:
+  """`eval_step` of every member over `batches`: {'loss' [K], 'accuracy' [K], 'confusion_matrix' [K, C, C]}."""
+  _, eval_fn, _, _ = jitted_steps(mesh)
   collection = None
   for batch in batches:
     batch_metrics = eval_fn(state, to_device(batch, mesh))
     collection = batch_metrics if collection is None else collection.merge(batch_metrics)
-  computed = collection.compute()
+  computed = compute_members(collection)
   return {
-    'loss': float(computed['loss']),
-    'accuracy': float(computed['accuracy']),
+    'loss': np.asarray(computed['loss'], np.float64),
+    'accuracy': np.asarray(computed['accuracy'], np.float64),
     'confusion_matrix': np.asarray(computed['confusion_matrix'], np.int64),
   }
 
 
-def penultimate_features(state, batches: Iterable[dict], mesh, num_examples: int) -> np.ndarray:
-  """`predict_step` over `batches`, in order: [num_examples, features] float32 (padding rows dropped)."""
-  _, _, predict_fn = jitted_steps(mesh)
-  outputs = []
-  remaining = num_examples
+def predict(state: TrainState, batches: Iterable[dict], mesh, num_examples: Sequence[int]) -> list[dict]:
+  """Every member's outputs over `batches`, in order, padding rows dropped.
+
+  Returns:
+    Per member k: {'logits' [num_examples[k], classes], 'penultimate' [num_examples[k], features]}, float32.
+  """
+  _, _, predict_fn, _ = jitted_steps(mesh)
+  outputs = [{'logits': [], 'penultimate': []} for _ in num_examples]
   for batch in batches:
-    features = np.asarray(predict_fn(state, to_device(batch, mesh)))  # [batch_size, features], replicated
-    outputs.append(features[: min(remaining, len(features))])
-    remaining -= len(features)
-  return np.concatenate(outputs).astype(np.float32)
+    logits, penultimate = jax.device_get(predict_fn(state, to_device(batch, mesh)))  # [K, batch, ...]
+    for k, mask in enumerate(batch['mask']):
+      outputs[k]['logits'].append(logits[k][mask])
+      outputs[k]['penultimate'].append(penultimate[k][mask])
+  result = []
+  for k, count in enumerate(num_examples):
+    member = {key: np.concatenate(values).astype(np.float32) for key, values in outputs[k].items()}
+    if len(member['logits']) != count:
+      raise ValueError(f'Prediction gave {len(member["logits"])} rows for member {k}, expected {count}.')
+    result.append(member)
+  return result
 
 
 def flat_hparams(config) -> dict:
@@ -225,13 +305,9 @@ def flat_hparams(config) -> dict:
 
 
 def write_json(path: str, content) -> None:
-  """Atomic JSON write (temporary name, then rename), from process 0 only."""
-  if jax.process_index() != 0:
-    return
-  temporary = f'{path}.tmp'
-  with open(temporary, 'w') as f:
-    json.dump(content, f, indent=2, sort_keys=True)
-  os.replace(temporary, path)
+  """`report.write_json` (atomic, readable by all) from process 0 only: the others share its files."""
+  if jax.process_index() == 0:
+    report.write_json(path, content)
 
 
 def read_json(path: str):
@@ -240,29 +316,21 @@ def read_json(path: str):
 
 
 def _checkpoint_manager(stage_dir: str, *, read_only: bool = False) -> ocp.CheckpointManager:
-  """Keeps the latest checkpoint (resume) and the best by validation loss (restore)."""
-  policy = ocp.checkpoint_managers.AnyPreservationPolicy(
-    [
-      ocp.checkpoint_managers.LatestN(n=1),
-      # Ranked by (loss, epoch) in descending order and the last kept: the lowest loss,
-      # the earliest epoch among equals, which is the one early stopping calls best.
-      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: (m['val_loss'], m['epoch']), reverse=True, n=1),
-    ]
-  )
-  options = ocp.CheckpointManagerOptions(
-    best_fn=lambda m: m['val_loss'], best_mode='min', preservation_policy=policy, read_only=read_only
-  )
+  """Keeps the latest state; the best parameters of every member travel inside it."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, read_only=read_only)
   return ocp.CheckpointManager(os.path.join(stage_dir, 'checkpoints'), options=options)
 
 
-def _abstract_state(optimizer_config, stage: Stage, mesh):
-  """The TrainState's shapes and shardings, without computing it: the restore target.
+def _abstract_state(optimizer_config, stage: Stage, mesh) -> TrainState:
+  """The stacked state's shapes and shardings, without computing it: the restore target.
 
   orbax returns plain dicts, not a TrainState, when it restores without one.
   """
-  abstract = jax.eval_shape(lambda: create_train_state(optimizer_config, stage.model, stage.key, stage.example_batch))
-  replicated = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+  abstract = jax.eval_shape(
+    lambda: create_member_states(optimizer_config, stage.model, stage.keys, stage.example_batch)
+  )
+  members = NamedSharding(mesh, P('members'))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=members), abstract)
 
 
 def _restore(manager, step: int, abstract_state):
@@ -272,139 +340,199 @@ def _restore(manager, step: int, abstract_state):
   return restored['state'], restored['meta']
 
 
-def fit(config, stage: Stage, mesh) -> tuple[train_state.TrainState, dict]:
-  """Trains one stage with early stopping and returns (best state, training summary).
+def _summary(meta: dict) -> list[dict]:
+  """What the DONE file and the report keep of each member's training."""
+  return [
+    {
+      'best_epoch': member['best_epoch'],
+      'best_val_loss': member['best_val_loss'],
+      'epochs_run': len(member['history']),
+      'stopped_early': member['stopped'],
+      'history': member['history'],
+    }
+    for member in meta['members']
+  ]
+
+
+def best_state(state: TrainState) -> TrainState:
+  """The state with each member's best parameters in `params`, for evaluation and prediction."""
+  return state.replace(params=state.best_params)
+
+
+def _tag(stage: Stage, k: int, metric: str) -> str:
+  """TensorBoard tag of member k's metric: plain for one member, 'fold_3/seed_0/loss' for many."""
+  return metric if len(stage.members) == 1 else f'{stage.members[k]}/{metric}'
+
+
+def fit(config, stage: Stage, mesh) -> tuple[TrainState, list[dict]]:
+  """Trains every member of a stage with early stopping; returns (state with best params, summaries).
 
   A stage with a DONE file is only restored. Otherwise training starts from the latest
   checkpoint in `<stage dir>/checkpoints` if there is one, else from scratch.
 
   Args:
-    config: the run's config (optimizer, num_epochs, patience, log_every_secs; all of it
-      goes to TensorBoard's hparams).
-    stage: the model and its batches.
+    config: the run's config (optimizer, num_epochs, patience, checkpoint_every_secs,
+      log_every_secs; all of it goes to TensorBoard's hparams).
+    stage: the model, its members and their batches.
     mesh: from `make_mesh`.
 
   Returns:
-    The state of the best epoch, and {'best_epoch', 'best_val_loss', 'epochs_run',
-    'stopped_early', 'history'} (one dict of scalars per epoch in 'history').
+    The state whose `params` are each member's best, and per member {'best_epoch',
+    'best_val_loss', 'epochs_run', 'stopped_early', 'history'} (one dict of scalars per
+    epoch in 'history').
 
   Raises:
-    FloatingPointError: the training or validation loss is NaN or infinite; the
+    FloatingPointError: a member's training or validation loss is NaN or infinite; the
       checkpoints written so far (all finite) are kept.
   """
   name, stage_dir = stage.name, stage.directory
+  num_members = len(stage.members)
   done_path = os.path.join(stage_dir, DONE_FILENAME)
   abstract_state = _abstract_state(config.optimizer, stage, mesh)
-  init_rng, dropout_rng = jax.random.split(stage.key)
-
   if os.path.exists(done_path):
-    done = read_json(done_path)
-    with _checkpoint_manager(stage_dir, read_only=True) as manager:
-      state, _ = _restore(manager, done['best_epoch'], abstract_state)
-    logging.info("Stage '%s' finished earlier (best epoch %d): restored.", name, done['best_epoch'])
-    return state, done
+    state, summaries = restore(config, stage, mesh)
+    logging.info("Stage '%s' finished earlier: restored.", name)
+    return state, summaries
 
-  train_fn, _, _ = jitted_steps(mesh)
-  replicated = NamedSharding(mesh, P())
-  steps_per_epoch = stage.num_train_batches
-  writer = metric_writers.create_default_writer(stage_dir, just_logging=jax.process_index() > 0)
-  with contextlib.closing(writer), _checkpoint_manager(stage_dir) as manager:
+  train_fn, _, _, best_fn = jitted_steps(mesh)
+  is_main = jax.process_index() == 0
+  writers = {
+    split: metric_writers.create_default_writer(os.path.join(stage_dir, split), just_logging=not is_main)
+    for split in ('train', 'val')
+  }
+  progress_writer = metric_writers.create_default_writer(stage_dir, just_logging=not is_main)
+  with contextlib.ExitStack() as stack:
+    for writer in (*writers.values(), progress_writer):
+      stack.enter_context(contextlib.closing(writer))
+    manager = stack.enter_context(_checkpoint_manager(stage_dir))
     latest = manager.latest_step()
     if latest is None:
-      state = jax.device_put(
-        create_train_state(config.optimizer, stage.model, init_rng, stage.example_batch), replicated
+      state = create_member_states(config.optimizer, stage.model, stage.keys, stage.example_batch)
+      state = jax.device_put(state, NamedSharding(mesh, P('members')))
+      meta = {
+        'epoch': 0,
+        'members': [
+          {'best_epoch': 0, 'best_val_loss': None, 'bad_epochs': 0, 'stopped': False, 'history': []}
+          for _ in stage.members
+        ],
+      }
+      progress_writer.write_hparams({'stage': name, **flat_hparams(config)})
+      logging.info(
+        "Stage '%s': training %d member(s) from scratch, %d steps per epoch.",
+        name,
+        num_members,
+        stage.num_train_batches,
       )
-      meta = {'epoch': 0, 'best_epoch': 0, 'best_val_loss': None, 'bad_epochs': 0, 'history': []}
-      writer.write_hparams(flat_hparams(config))
-      logging.info("Stage '%s': training from scratch, %d steps per epoch.", name, steps_per_epoch)
     else:
       state, meta = _restore(manager, latest, abstract_state)
-      logging.info("Stage '%s': resuming after epoch %d (step %d).", name, meta['epoch'], int(state.step))
+      logging.info("Stage '%s': resuming after epoch %d.", name, meta['epoch'])
 
     report_progress = periodic_actions.ReportProgress(
-      num_train_steps=config.num_epochs * steps_per_epoch,
-      writer=writer,
-      every_steps=steps_per_epoch,  # At least once an epoch, so short stages get steps/s too.
+      num_train_steps=config.num_epochs * stage.num_train_batches,
+      writer=progress_writer,
+      every_steps=stage.num_train_batches,  # At least once an epoch, so short stages get steps/s too.
       every_secs=config.log_every_secs,
     )
-    stopped_early = meta['bad_epochs'] >= config.patience
-    step = int(state.step)  # Counted on the host: reading state.step each step would wait for the device.
+    step = meta['epoch'] * stage.num_train_batches  # The progress counter, on the host.
+    last_save = time.monotonic()
     for epoch in range(meta['epoch'] + 1, config.num_epochs + 1):
-      if stopped_early:
+      stopped = np.array([member['stopped'] for member in meta['members']])
+      if stopped.all():
         break
+      active = ~stopped
+      active_on_devices = _on_members(active, mesh)
       train_metrics = None
-      for batch in stage.train_batches(epoch):
-        state, batch_metrics = train_fn(state, to_device(batch, mesh), dropout_rng)
+      for batch in stage.train_batches(epoch, active):
+        state, batch_metrics = train_fn(state, to_device(batch, mesh), active_on_devices)
         train_metrics = batch_metrics if train_metrics is None else train_metrics.merge(batch_metrics)
         step += 1
         # Every step: clu's periodic actions never fire on their first call and refuse a skipped step.
         report_progress(step)
-      train_computed = train_metrics.compute()
+      train_computed = compute_members(train_metrics)
       with report_progress.timed('eval'):
         val = evaluate(state, stage.val_batches(), mesh)
-      train_loss = float(train_computed['loss'])
-      for what, loss in (('training', train_loss), ('validation', val['loss'])):
-        if not np.isfinite(loss):
-          kept = f'epoch {meta["epoch"]}' if meta['epoch'] else 'none: no epoch finished'
-          raise FloatingPointError(
-            f"Stage '{name}': the {what} loss is {loss} in epoch {epoch}; training stopped. The last good "
-            f'checkpoint ({kept}) is kept in {manager.directory}. Lower --config.optimizer.learning_rate or '
-            'check the data for NaN or infinite values.'
+      improved = np.zeros(num_members, bool)
+      for k in np.flatnonzero(active):
+        member = meta['members'][k]
+        scalars = {
+          'train_loss': float(train_computed['loss'][k]),
+          'train_accuracy': float(train_computed['accuracy'][k]),
+          'val_loss': float(val['loss'][k]),
+          'val_accuracy': float(val['accuracy'][k]),
+          'epoch': epoch,
+        }
+        for what in ('train', 'val'):
+          loss = scalars[f'{what}_loss']
+          if not np.isfinite(loss):
+            kept = f'epoch {meta["epoch"]}' if meta['epoch'] else 'none: no epoch finished'
+            who = f"Stage '{name}'" + (f' member {stage.members[k]}' if num_members > 1 else '')
+            raise FloatingPointError(
+              f'{who}: the {"training" if what == "train" else "validation"} loss is {loss} in epoch {epoch}; '
+              f'training stopped. The last good checkpoint ({kept}) is kept in {manager.directory}. Lower '
+              '--config.optimizer.learning_rate or check the data for NaN or infinite values.'
+            )
+          writers[what].write_scalars(
+            epoch,
+            {_tag(stage, k, 'loss'): loss, _tag(stage, k, 'accuracy'): scalars[f'{what}_accuracy']},
           )
-      scalars = {
-        'train_loss': train_loss,
-        'train_accuracy': float(train_computed['accuracy']),
-        'val_loss': val['loss'],
-        'val_accuracy': val['accuracy'],
-        'epoch': epoch,
-      }
-      writer.write_scalars(step, scalars)
-      improved = meta['best_val_loss'] is None or val['loss'] < meta['best_val_loss']
-      if improved:
-        meta.update(best_epoch=epoch, best_val_loss=val['loss'], bad_epochs=0)
-      else:
-        meta['bad_epochs'] += 1
+        improved[k] = member['best_val_loss'] is None or scalars['val_loss'] < member['best_val_loss']
+        if improved[k]:
+          member.update(best_epoch=epoch, best_val_loss=scalars['val_loss'], bad_epochs=0)
+        else:
+          member['bad_epochs'] += 1
+        member['stopped'] = member['bad_epochs'] >= config.patience
+        member['history'].append(scalars)
+      state = best_fn(state, _on_members(improved, mesh))
       meta['epoch'] = epoch
-      meta['history'].append(scalars)
-      manager.save(
-        epoch,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        # Plain Python floats: orbax fails later, in a background thread, on numpy scalars.
-        metrics={'val_loss': float(val['loss']), 'epoch': float(epoch)},
-      )
-      logging.info(
-        "Stage '%s' epoch %d: train loss %.4f acc %.4f, val loss %.4f acc %.4f%s",
-        name,
-        epoch,
-        train_loss,
-        scalars['train_accuracy'],
-        val['loss'],
-        val['accuracy'],
-        ' (best)' if improved else '',
-      )
-      stopped_early = meta['bad_epochs'] >= config.patience
+      if num_members == 1:
+        scalars = meta['members'][0]['history'][-1]
+        logging.info(
+          "Stage '%s' epoch %d: train loss %.4f acc %.4f, val loss %.4f acc %.4f%s",
+          name,
+          epoch,
+          scalars['train_loss'],
+          scalars['train_accuracy'],
+          scalars['val_loss'],
+          scalars['val_accuracy'],
+          ' (best)' if improved[0] else '',
+        )
+      else:
+        logging.info(
+          "Stage '%s' epoch %d: %d of %d members training, %d improved; mean val loss %.4f.",
+          name,
+          epoch,
+          int(active.sum()),
+          num_members,
+          int(improved.sum()),
+          float(np.mean(val['loss'][active])),
+        )
+      finished = epoch == config.num_epochs or all(member['stopped'] for member in meta['members'])
+      if finished or time.monotonic() - last_save >= config.checkpoint_every_secs:
+        manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        last_save = time.monotonic()
     manager.wait_until_finished()
-    best_epoch = meta['best_epoch']
-    if best_epoch == 0:
+    if meta['epoch'] == 0:
       raise ValueError(f"Stage '{name}' has no finished epoch: config.num_epochs is {config.num_epochs}.")
-    state, _ = _restore(manager, best_epoch, abstract_state)
-    # One heatmap, of the epoch that is kept: rendering one per epoch costs more than a tiny epoch.
-    val = evaluate(state, stage.val_batches(), mesh)
-    writer.write_images(int(state.step), {'val_confusion_matrix': report.confusion_image(val['confusion_matrix'])})
-  done = {
-    'best_epoch': best_epoch,
-    'best_val_loss': meta['best_val_loss'],
-    'epochs_run': meta['epoch'],
-    'stopped_early': bool(stopped_early),
-    'history': meta['history'],
-  }
-  write_json(done_path, done)
-  logging.info("Stage '%s' done: best epoch %d, val loss %.4f.", name, best_epoch, meta['best_val_loss'])
-  return state, done
+    state = best_state(state)
+    if num_members == 1:
+      # One heatmap, of the epoch that is kept: rendering one per epoch costs more than a tiny epoch.
+      val = evaluate(state, stage.val_batches(), mesh)
+      image = report.confusion_image(val['confusion_matrix'][0], name, 'validation', class_names=stage.class_names)
+      writers['val'].write_images(meta['epoch'], {'confusion_matrix': image})
+  summaries = _summary(meta)
+  write_json(done_path, {'epoch': meta['epoch'], 'members': summaries})
+  logging.info(
+    "Stage '%s' done after %d epochs; best epochs %s.", name, meta['epoch'], [s['best_epoch'] for s in summaries]
+  )
+  return state, summaries
 
 
-def restore(config, stage: Stage, mesh) -> tuple[train_state.TrainState, dict]:
-  """The best checkpoint of a stage, for eval-only runs; a clear error when there is none."""
+def restore(config, stage: Stage, mesh) -> tuple[TrainState, list[dict]]:
+  """A stage's last checkpoint with each member's best parameters, for eval-only runs.
+
+  Returns:
+    As `fit`. A stage that did not finish is evaluated at its best epochs so far, with a warning.
+  """
   checkpoint_dir = os.path.join(stage.directory, 'checkpoints')
   if not os.path.isdir(checkpoint_dir):
     raise FileNotFoundError(
@@ -412,24 +540,16 @@ def restore(config, stage: Stage, mesh) -> tuple[train_state.TrainState, dict]:
       '--workdir at a trained run.'
     )
   abstract_state = _abstract_state(config.optimizer, stage, mesh)
-  done_path = os.path.join(stage.directory, DONE_FILENAME)
   with _checkpoint_manager(stage.directory, read_only=True) as manager:
-    if os.path.exists(done_path):
-      done = read_json(done_path)
-      step = done['best_epoch']
-    else:
-      latest = manager.latest_step()
-      if latest is None:
-        raise FileNotFoundError(f"{checkpoint_dir} holds no checkpoint of stage '{stage.name}': train first.")
-      _, meta = _restore(manager, latest, abstract_state)
-      step = meta['best_epoch']
-      done = {
-        'best_epoch': step,
-        'best_val_loss': meta['best_val_loss'],
-        'epochs_run': meta['epoch'],
-        'stopped_early': False,
-        'history': meta['history'],
-      }
-      logging.warning("Stage '%s' did not finish; evaluating its best epoch so far (%d).", stage.name, step)
-    state, _ = _restore(manager, step, abstract_state)
-  return state, done
+    latest = manager.latest_step()
+    if latest is None:
+      raise FileNotFoundError(f"{checkpoint_dir} holds no checkpoint of stage '{stage.name}': train first.")
+    state, meta = _restore(manager, latest, abstract_state)
+  if len(meta['members']) != len(stage.members):
+    raise ValueError(
+      f"{checkpoint_dir} holds {len(meta['members'])} members of stage '{stage.name}', but this config has "
+      f'{len(stage.members)}: evaluate with the config of that run.'
+    )
+  if not os.path.exists(os.path.join(stage.directory, DONE_FILENAME)):
+    logging.warning("Stage '%s' did not finish; evaluating its best epochs so far.", stage.name)
+  return best_state(state), _summary(meta)

@@ -86,7 +86,7 @@ def test_batches_pad_mask_and_bucket_time():
   assert seen.tolist() == split['label'].tolist()  # Every clip exactly once, in order.
 
 
-def test_shuffled_batches_are_deterministic_per_epoch_and_split_by_process():
+def test_shuffled_batches_are_deterministic_per_epoch():
   split = {'features': np.arange(20, dtype=np.float32)[:, None], 'label': np.zeros(20, np.int32)}
 
   def order(epoch, **kwargs):
@@ -96,12 +96,41 @@ def test_shuffled_batches_are_deterministic_per_epoch_and_split_by_process():
   assert order(1) == order(1)
   assert order(1) != order(2)
   assert sorted(x for batch in order(3) for x in batch) == list(range(20))
-  # Process 1 of 2 gets the second half of each global batch.
-  halves = [b[4:] for b in order(1)]
-  assert order(1, process_index=1, process_count=2) == halves
 
 
-def test_standardize_uses_reference_statistics_and_keeps_padding_zero():
+def test_member_batches_stack_each_members_own_rows_scaled_by_its_statistics():
+  n = 10
+  shared = {
+    'visual': np.ones((n, 40, 2), np.float32),
+    'num_frames': np.array([3, 5, 9, 2, 30, 4, 6, 7, 8, 1], np.int32),
+    'label': np.arange(n, dtype=np.int32) % 7,
+  }
+  statistics = {'visual': (np.array([1.0, 0.0]), np.array([2.0, 4.0]))}
+  members = [
+    input_pipeline.MemberData(shared, np.array([0, 1, 2])),  # One batch of 2 and one of 1.
+    input_pipeline.MemberData(shared, np.array([3, 4, 5, 6, 7]), statistics),  # Three batches.
+  ]
+  out = list(input_pipeline.member_batches(members, 2, keys=('visual', 'num_frames'), time_bucket=8))
+  assert [b['mask'].tolist() for b in out] == [
+    [[True, True], [True, True]],
+    [[True, False], [True, True]],
+    [[False, False], [True, False]],  # Member 0 has run out: padding rows, which the step ignores.
+  ]
+  # One time axis for both: the longest clip of the batch over all members (30), rounded up to 8.
+  assert [b['visual'].shape for b in out] == [(2, 2, 32, 2), (2, 2, 16, 2), (2, 2, 8, 2)]
+  assert out[0]['num_frames'].tolist() == [[3, 5], [2, 30]] and out[2]['num_frames'].tolist() == [[1, 1], [7, 1]]
+  # Member 1 is scaled by its statistics, frames past each clip's end stay zero; member 0 is raw.
+  np.testing.assert_array_equal(out[0]['visual'][1, 0, :2], [[0.0, 0.25], [0.0, 0.25]])
+  assert not out[0]['visual'][1, 0, 2:].any()
+  np.testing.assert_array_equal(out[0]['visual'][0, 0, :3], np.ones((3, 2)))
+  # A member that is not active gets no rows at all.
+  quiet = list(
+    input_pipeline.member_batches(members, 2, keys=('visual', 'num_frames'), time_bucket=8, active=[False, True])
+  )
+  assert len(quiet) == 3 and not any(b['mask'][0].any() for b in quiet)
+
+
+def test_per_dim_normalization_uses_reference_statistics_and_keeps_padding_zero():
   rng = np.random.default_rng(0)
   num_frames = np.array([2, 3, 1, 4], np.int32)
   visual = np.zeros((4, 5, 2), np.float32)
@@ -112,8 +141,10 @@ def test_standardize_uses_reference_statistics_and_keeps_padding_zero():
   split = {'visual': visual, 'num_frames': num_frames, 'audio': audio, 'label': np.zeros(4, np.int32)}
   reference = np.array([0, 1])  # A training partition: clips 2 and 3 must not shape the statistics.
 
-  statistics = input_pipeline.feature_statistics(input_pipeline.take(split, reference), ('visual', 'audio'))
-  out = input_pipeline.standardize(split, statistics)
+  statistics = input_pipeline.normalization_statistics(
+    input_pipeline.take(split, reference), ('visual', 'audio'), 'per_dim'
+  )
+  out = input_pipeline.normalize(split, statistics)
 
   real_reference_frames = np.concatenate([visual[0, :2], visual[1, :3]])  # Padding frames excluded.
   np.testing.assert_allclose(statistics['visual'][0], real_reference_frames.mean(0), rtol=1e-6)
@@ -130,3 +161,27 @@ def test_standardize_uses_reference_statistics_and_keeps_padding_zero():
   # Clips outside the reference use the reference's statistics, not their own.
   mean, std = statistics['audio']
   np.testing.assert_allclose(out['audio'][2:, :, :2], (audio[2:, :, :2] - mean[:2]) / std[:2], atol=1e-5)
+
+
+def test_global_normalization_keeps_the_relative_scale_of_dimensions(tmp_path):
+  rng = np.random.default_rng(1)
+  audio = rng.normal(loc=[1.0, 4.0, -2.0], scale=[1.0, 10.0, 0.1], size=(6, 2, 3)).astype(np.float32)
+  split = {'audio': audio, 'label': np.zeros(6, np.int32)}
+  statistics = input_pipeline.normalization_statistics(split, ('audio',), 'global')
+  mean, std = statistics['audio']
+  assert mean.shape == std.shape == ()
+  assert mean == pytest.approx(audio.mean()) and std == pytest.approx(audio.std(), rel=1e-5)
+  out = input_pipeline.normalize(split, statistics)['audio']
+  assert out.mean() == pytest.approx(0.0, abs=1e-5) and out.std() == pytest.approx(1.0, rel=1e-5)
+  # One scale for every dimension: their ratios of spread are unchanged.
+  np.testing.assert_allclose(
+    out.std(axis=(0, 1)) / out.std(axis=(0, 1))[0], audio.std(axis=(0, 1)) / audio.std(axis=(0, 1))[0], rtol=1e-4
+  )
+  assert input_pipeline.normalization_statistics(split, ('audio',), 'none') == {}
+  with pytest.raises(ValueError, match=r"config.data.normalize must be one of .*'zscore'"):
+    input_pipeline.normalization_statistics(split, ('audio',), 'zscore')
+  path = str(tmp_path / 'normalization.npz')
+  input_pipeline.save_normalization(path, 'global', [statistics, {'audio': (mean + 1, std * 2)}])
+  kind, (first, second) = input_pipeline.load_normalization(path)
+  assert kind == 'global' and float(first['audio'][0]) == float(mean) and float(first['audio'][1]) == float(std)
+  assert float(second['audio'][0]) == float(mean) + 1 and float(second['audio'][1]) == float(std) * 2

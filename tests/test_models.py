@@ -151,7 +151,7 @@ def test_padded_clip_equals_clip_run_alone(visual_model_and_params):
 
 
 def test_zero_length_clip_is_treated_as_one_frame(visual_model_and_params):
-  # Trap 2: nn.RNN would return the carry after the last padded step for length 0.
+  # A length-0 clip must not run on padding: it is one zero frame, like a length-1 clip of zeros.
   model, params = visual_model_and_params
   batch = _visual_batch(np.random.default_rng(4), [1, 6])
   as_zero = {'visual': batch['visual'], 'num_frames': np.array([0, 6])}
@@ -168,22 +168,6 @@ def test_unroll_does_not_change_the_result(visual_model_and_params):
 
 
 # ---------------------------------------------------------------- Keras parity
-
-
-def _flax_lstm_params_from_keras(kernel, recurrent_kernel, bias) -> dict:
-  """Maps Keras LSTM weights onto an OptimizedLSTMCell's parameter tree.
-
-  Keras packs the four gates along the last axis in the order i, f, c (Flax's g), o:
-  kernel [in, 4H], recurrent_kernel [H, 4H], bias [4H]. Flax keeps one Dense per gate and
-  input, `i*` for the input (no bias) and `h*` for the hidden state (with the bias).
-  """
-  params = {}
-  for gate, k, rk, b in zip(
-    'ifgo', np.split(kernel, 4, axis=-1), np.split(recurrent_kernel, 4, axis=-1), np.split(bias, 4)
-  ):
-    params[f'i{gate}'] = {'kernel': k}
-    params[f'h{gate}'] = {'kernel': rk, 'bias': b}
-  return params
 
 
 def test_flax_lstm_stack_equals_keras_lstm(visual_model_and_params):
@@ -205,7 +189,7 @@ def test_flax_lstm_stack_equals_keras_lstm(visual_model_and_params):
   for i, layer in enumerate([lstm_0, lstm_1]):
     weights = [rng.normal(scale=0.1, size=w.shape).astype(np.float32) for w in layer.get_weights()]
     layer.set_weights(weights)
-    params[f'lstm_{i}'] = _flax_lstm_params_from_keras(*weights)
+    params[f'lstm_{i}'] = dict(zip(('kernel', 'recurrent_kernel', 'bias'), weights))  # The same layout.
   params['head'] = flax_params['head']
   head.set_weights([np.asarray(params['head']['kernel']), np.asarray(params['head']['bias'])])
   assert jax.tree.structure(params) == jax.tree.structure(flax.core.unfreeze(flax_params))
@@ -215,6 +199,77 @@ def test_flax_lstm_stack_equals_keras_lstm(visual_model_and_params):
   flax_logits, flax_hidden = model.apply({'params': params}, batch, train=False)
   np.testing.assert_allclose(flax_hidden, keras_hidden, atol=1e-5)
   np.testing.assert_allclose(flax_logits, keras_logits, atol=1e-5)
+
+
+def test_fresh_models_start_from_keras_initialisers():
+  visual = models.VisualLSTM(lstm_sizes=(200, 100)).init(
+    jax.random.key(0), _visual_batch(np.random.default_rng(0), [TIME] * BATCH), train=False
+  )['params']
+  for name, (fan_in, hidden) in {'lstm_0': (VISUAL_DIM, 200), 'lstm_1': (200, 100)}.items():
+    layer = jax.device_get(visual[name])
+    assert layer['kernel'].shape == (fan_in, 4 * hidden)
+    # Forget-gate bias 1 (gates i, f, c, o), every other bias 0.
+    np.testing.assert_array_equal(layer['bias'][hidden : 2 * hidden], 1.0)
+    np.testing.assert_array_equal(np.delete(layer['bias'], np.s_[hidden : 2 * hidden]), 0.0)
+    # Orthogonal over all four gates at once: the [H, 4H] matrix has orthonormal rows.
+    recurrent = layer['recurrent_kernel']
+    np.testing.assert_allclose(recurrent @ recurrent.T, np.eye(hidden), atol=1e-5)
+    assert not np.allclose(recurrent[:, :hidden] @ recurrent[:, :hidden].T, np.eye(hidden), atol=0.1)
+    # glorot_uniform over [in, 4H]: bounded by sqrt(6 / (in + 4H)), variance 2 / (in + 4H).
+    limit = np.sqrt(6 / (fan_in + 4 * hidden))
+    assert np.abs(layer['kernel']).max() <= limit
+    assert np.var(layer['kernel']) == pytest.approx(2 / (fan_in + 4 * hidden), rel=0.05)
+  audio = jax.device_get(models.AudioMLP().init(jax.random.key(1), {'audio': np.ones((1, 5, AUDIO_DIM))}, train=False))
+  for name, (fan_in, fan_out) in {'hidden_0': (640, 512), 'hidden_1': (512, 256), 'head': (256, 7)}.items():
+    dense = audio['params'][name]
+    np.testing.assert_array_equal(dense['bias'], 0.0)
+    assert np.abs(dense['kernel']).max() <= np.sqrt(6 / (fan_in + fan_out))
+    if fan_out > 7:  # Enough samples for the variance to mean something.
+      assert np.var(dense['kernel']) == pytest.approx(2 / (fan_in + fan_out), rel=0.05)
+
+
+def test_training_steps_equal_keras_with_the_same_weights(visual_model_and_params):
+  """Masked LSTM stack, cross-entropy and Adamax: a few steps give Keras' weights."""
+  import keras
+  import tensorflow as tf
+
+  model, flax_params = visual_model_and_params
+  rng = np.random.default_rng(8)
+  batch = _visual_batch(rng, [4, 12, 7])
+  batch['visual'] *= 0.1
+  labels = np.array([0, 3, 6], np.int32)
+  visual = keras.Input(shape=(TIME, VISUAL_DIM))
+  mask = keras.Input(shape=(TIME,), dtype='bool')
+  lstm_0 = keras.layers.LSTM(200, return_sequences=True)
+  lstm_1 = keras.layers.LSTM(100)
+  head = keras.layers.Dense(ravdess.NUM_CLASSES)
+  keras_model = keras.Model([visual, mask], head(lstm_1(lstm_0(visual, mask=mask), mask=mask)))
+  params = jax.device_get(flax_params)
+  for layer, name in ((lstm_0, 'lstm_0'), (lstm_1, 'lstm_1')):
+    layer.set_weights([params[name][key] for key in ('kernel', 'recurrent_kernel', 'bias')])
+  head.set_weights([params['head']['kernel'], params['head']['bias']])
+  optimizer = keras.optimizers.Adamax(learning_rate=1e-2, beta_1=B1, beta_2=B2, epsilon=EPS)
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  is_real = np.arange(TIME)[None, :] < batch['num_frames'][:, None]
+
+  tx = optax.adamax(learning_rate=1e-2, b1=B1, b2=B2, eps=EPS)
+  opt_state = tx.init(flax_params)
+  flax_loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+    model.apply({'params': p}, batch, train=False)[0], labels
+  ).mean()
+  for _ in range(5):
+    with tf.GradientTape() as tape:
+      keras_loss = loss_fn(labels, keras_model([batch['visual'], is_real]))
+    optimizer.apply_gradients(
+      zip(tape.gradient(keras_loss, keras_model.trainable_variables), keras_model.trainable_variables)
+    )
+    loss, grads = jax.value_and_grad(flax_loss)(params)
+    assert float(loss) == pytest.approx(float(keras_loss), abs=1e-5)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+  for layer, name in ((lstm_0, 'lstm_0'), (lstm_1, 'lstm_1')):
+    for key, keras_weight in zip(('kernel', 'recurrent_kernel', 'bias'), layer.get_weights()):
+      np.testing.assert_allclose(np.asarray(params[name][key]), keras_weight, atol=2e-5, err_msg=f'{name}.{key}')
 
 
 # ---------------------------------------------------------------- Adamax parity

@@ -32,7 +32,7 @@ def clips(six_actor_dir):
 
 def make_fold(clips, config):
   (fold,) = partitions.make_folds(clips, config)
-  return fold
+  return fold.parts
 
 
 def test_random_partitions_disjoint_stratified_deterministic(clips):
@@ -94,3 +94,102 @@ def test_thesis_75_percent_variant_keeps_the_same_test_clips(six_actor_dir, clip
   np.testing.assert_array_equal(
     np.sort(base(wider)), np.sort(np.concatenate([base(thesis), thesis['stack_train'], thesis['stack_val']]))
   )
+
+
+# ----------------------------------------------------------------------------- folds
+
+
+def metadata(num_actors=24, clips_per_class=8):
+  """Clip metadata as load_clips returns it, RAVDESS-shaped: every actor has clips of every class."""
+  actor = np.repeat(np.arange(1, num_actors + 1), 7 * clips_per_class)
+  label = np.tile(np.repeat(np.arange(7), clips_per_class), num_actors)
+  return {
+    'actor': actor.astype(np.int32),
+    'gender': np.array([ravdess.gender_of(int(a)) for a in actor], np.int32),
+    'label': label.astype(np.int32),
+    'clip_id': np.array([f'{i:05d}' for i in range(len(actor))]),
+  }
+
+
+def folds_config(protocol, **data_overrides):
+  config = default.get_config()
+  config.data.protocol = protocol
+  for key, value in data_overrides.items():
+    setattr(config.data, key, value)
+  return config
+
+
+def actors_of(clips, indices):
+  return set(clips['actor'][indices].tolist())
+
+
+def test_emobox_folds_test_every_actor_once_and_keep_partitions_actor_disjoint():
+  clips = metadata()
+  folds = partitions.make_folds(clips, folds_config('actor_folds'))
+  assert [fold.test_actors for fold in folds] == [tuple(sorted(group)) for group in partitions.EMOBOX_FOLDS]
+  assert sorted(a for fold in folds for a in fold.test_actors) == list(range(1, 25))
+  for fold in folds:
+    base = actors_of(clips, np.concatenate([fold.parts['base_train'], fold.parts['base_val']]))
+    stack = actors_of(clips, np.concatenate([fold.parts['stack_train'], fold.parts['stack_val']]))
+    test = actors_of(clips, fold.parts['test'])
+    assert not (base & stack or base & test or stack & test), fold.index
+    assert base | stack | test == set(range(1, 25))
+    # 20 actors left: 1/3 of the men and 1/3 of the women to the stacker, the rest to base.
+    assert len(base) + len(stack) == 20
+    for gender in (0, 1):
+      available = [a for a in base | stack if ravdess.gender_of(a) == gender]
+      assert len([a for a in stack if ravdess.gender_of(a) == gender]) == round(len(available) / 3), fold.index
+
+
+def test_loso_has_one_fold_per_actor_and_only_folds_keeps_their_indices():
+  clips = metadata()
+  folds = partitions.make_folds(clips, folds_config('loso'))
+  assert [fold.test_actors for fold in folds] == [(a,) for a in range(1, 25)]
+  some = partitions.make_folds(clips, folds_config('loso', only_folds=(3, 17)))
+  assert [(fold.index, fold.test_actors) for fold in some] == [(3, (4,)), (17, (18,))]
+  assert all(np.array_equal(some[0].parts[p], folds[3].parts[p]) for p in partitions.PARTITIONS)
+  with pytest.raises(ValueError, match=r'only_folds names folds \[30\]'):
+    partitions.make_folds(clips, folds_config('loso', only_folds=(30,)))
+
+
+def test_random_folds_test_every_clip_once_stratified():
+  clips = metadata(num_actors=6)
+  folds = partitions.make_folds(clips, folds_config('random_folds', num_folds=4))
+  tested = np.concatenate([fold.parts['test'] for fold in folds])
+  assert sorted(tested.tolist()) == list(range(len(clips['label'])))
+  for fold in folds:
+    counts = np.bincount(clips['label'][fold.parts['test']], minlength=7)
+    assert counts.max() - counts.min() <= 1  # 48 clips per class over 4 folds: 12 each.
+    everything = np.concatenate(list(fold.parts.values()))
+    assert len(everything) == len(np.unique(everything)) == len(clips['label'])
+
+
+def test_validation_by_actor_holds_out_whole_training_actors():
+  clips = metadata()
+  (fold,) = partitions.make_folds(clips, folds_config('actor_folds', val_by_actor=True, only_folds=(0,)))
+  for part in ('base', 'stack'):
+    train, val = actors_of(clips, fold.parts[f'{part}_train']), actors_of(clips, fold.parts[f'{part}_val'])
+    assert val and not train & val, part
+
+
+@pytest.mark.parametrize(
+  'folds, message',
+  [
+    (((1, 2, 3), (3, 4, 5, 6)), r'overlap: actors \[3\] are in more than one fold'),
+    (((1, 2), (3, 4)), r'leave out actors \[5, 6\], which are in the data'),
+  ],
+)
+def test_bad_folds_name_the_actors(folds, message):
+  with pytest.raises(ValueError, match=message):
+    partitions.make_folds(metadata(num_actors=6), folds_config('actor_folds', folds=folds))
+
+
+def test_a_fold_without_a_class_names_the_fold_partition_and_counts():
+  clips = metadata(num_actors=6)
+  keep = ~((clips['actor'] == 2) & (clips['label'] == 3))  # Actor 2 has no happiness clip.
+  clips = {key: value[keep] for key, value in clips.items()}
+  config = folds_config('actor_folds', folds=((1,), (2,), (3, 4), (5, 6)))
+  with pytest.raises(
+    ValueError, match=r"fold 1 of protocol 'actor_folds' leaves partition 'test' with 48 clips, .*'happiness': 0"
+  ):
+    partitions.make_folds(clips, config)
