@@ -46,10 +46,9 @@ import os
 import sys
 
 if __package__ in (None, ''):
-  try:
-    import data_prep  # noqa: F401  (installed with `pip install -e .`)
-  except ImportError:  # Run from a checkout without installing: the repo root is one level up.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  # Run as a script: import the package this file belongs to (the repo root is one level up),
+  # not another copy installed elsewhere, which may lack modules this file needs.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import collections
 import dataclasses
@@ -58,11 +57,11 @@ import multiprocessing
 import resource
 import time
 
-import numpy as np
 from absl import app, flags, logging
 
 from data_prep import audio as audio_lib
 from data_prep import discover as discover_lib
+from data_prep import embed as embed_lib
 from data_prep import write as write_lib
 from emojax import schema
 
@@ -115,20 +114,15 @@ class BuildError(Exception):
 class _Job:
   input_dir: str
   clip: discover_lib.Clip
-  fps: float
-  image_size: int
-  rgb: bool
-  min_audio_seconds: float
+  settings: embed_lib.EmbedSettings
 
 
 @dataclasses.dataclass
-class _Prepared:
-  """A clip after the worker stages: face crops and the 16 kHz waveform, or why it failed."""
+class _Result:
+  """What a worker returns for one clip: the prepared clip, or why it cannot be used."""
 
   clip: discover_lib.Clip
-  faces: object = None  # data_prep.video.VideoFaces
-  waveform: np.ndarray | None = None  # [num_samples] float32 at 16 kHz
-  timings: dict = dataclasses.field(default_factory=dict)
+  prepared: embed_lib.PreparedClip | None = None
   error: dict | None = None  # {'path', 'reason', 'kind'}
   peak_rss_mb: float = 0.0  # of the process that prepared it
 
@@ -148,47 +142,21 @@ def _init_worker(detect_width: int, min_face_fraction: float) -> None:
   _worker_detector = video.FaceDetector(detect_width=detect_width, min_face_fraction=min_face_fraction)
 
 
-def _prepare_clip(job: _Job) -> _Prepared:
-  """Worker stage: decode + face crops, read + resample audio. No TensorFlow here."""
-  from data_prep import video
-
+def _prepare_clip(job: _Job) -> _Result:
+  """Worker stage: `embed.prepare` on one clip, its failure recorded with paths relative to the input dir."""
   clip = job.clip
-  result = _Prepared(clip=clip)
-
-  def relative_reason(err, source):
-    return str(err).replace(os.path.join(job.input_dir, source), source)
-
-  video_path = os.path.join(job.input_dir, clip.video_source)
+  result = _Result(clip=clip)
   try:
-    result.faces = video.extract_faces(
-      video_path,
-      fps=job.fps,
-      image_size=job.image_size,
-      detect_width=_worker_detector.detect_width,
-      rgb=job.rgb,
-      detector=_worker_detector,
+    result.prepared = embed_lib.prepare(
+      os.path.join(job.input_dir, clip.video_source),
+      os.path.join(job.input_dir, clip.audio_source),
+      job.settings,
+      _worker_detector,
     )
-  except (ValueError, OSError) as err:
-    result.error = {'path': clip.video_source, 'reason': relative_reason(err, clip.video_source), 'kind': 'video'}
-    return result
-  except Exception as err:  # noqa: BLE001  An unforeseen decoder or OpenCV failure costs this clip, not the run.
-    reason = f'unexpected {type(err).__name__} while reading the video: {relative_reason(err, clip.video_source)}'
-    result.error = {'path': clip.video_source, 'reason': reason, 'kind': 'error'}
-    return result
-  result.timings.update(result.faces.timings)
-
-  start = time.perf_counter()
-  try:
-    waveform, sample_rate = audio_lib.read_audio(os.path.join(job.input_dir, clip.audio_source))
-    result.waveform = audio_lib.prepare_waveform(waveform, sample_rate, min_seconds=job.min_audio_seconds)
-  except (ValueError, OSError) as err:
-    result.faces = None
-    result.error = {'path': clip.audio_source, 'reason': relative_reason(err, clip.audio_source), 'kind': 'audio'}
-  except Exception as err:  # noqa: BLE001  As above, for the audio decoder and resampler.
-    result.faces = None
-    reason = f'unexpected {type(err).__name__} while reading the audio: {relative_reason(err, clip.audio_source)}'
-    result.error = {'path': clip.audio_source, 'reason': reason, 'kind': 'error'}
-  result.timings['audio'] = time.perf_counter() - start
+  except embed_lib.MediaError as err:
+    source = os.path.relpath(err.path, job.input_dir).replace(os.sep, '/')
+    reason = err.reason.replace(err.path, source)
+    result.error = {'path': source, 'reason': reason, 'kind': err.kind}
   result.peak_rss_mb = _own_peak_rss_mb()
   return result
 
@@ -211,7 +179,7 @@ def _check_face_detector(settings: dict) -> None:
 
 
 def _prepared_stream(jobs: list, num_workers: int, detector_args: tuple):
-  """Yields `_Prepared` in job order, at most 2 x num_workers clips ahead of the consumer."""
+  """Yields `_Result`s in job order, at most 2 x num_workers clips ahead of the consumer."""
   if num_workers == 0:
     _init_worker(*detector_args)
     for job in jobs:
@@ -382,11 +350,13 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
       write_lib.write_json_atomic(settings_path, manifest)
 
     shard_clips = {k: clips[k::num_shards] for k in to_build}  # Clip i -> shard i % num_shards.
-    jobs = [
-      _Job(input_dir, clip, settings['fps'], settings['image_size'], settings['rgb'], settings['min_audio_seconds'])
-      for k in to_build
-      for clip in shard_clips[k]
-    ]
+    embed_settings = embed_lib.EmbedSettings(
+      fps=settings['fps'],
+      image_size=settings['image_size'],
+      rgb=settings['rgb'],
+      min_audio_seconds=settings['min_audio_seconds'],
+    )
+    jobs = [_Job(input_dir, clip, embed_settings) for k in to_build for clip in shard_clips[k]]
     from tqdm import auto as tqdm
 
     loop_start = time.perf_counter()
@@ -446,11 +416,12 @@ def _run_shards(to_build, shard_clips, stream, progress, output_dir, num_shards,
   for k in to_build:
     with write_lib.ShardWriter(output_dir, k, num_shards) as shard:
       for _ in shard_clips[k]:
-        prepared = next(stream)
-        counters['worker_peak_rss_mb'] = max(counters['worker_peak_rss_mb'], prepared.peak_rss_mb)
-        for stage, seconds in prepared.timings.items():
-          stage_seconds[stage] += seconds
-        frames = _embed_and_write(prepared, shard, settings, vgg16, vggish, stage_seconds)
+        result = next(stream)
+        counters['worker_peak_rss_mb'] = max(counters['worker_peak_rss_mb'], result.peak_rss_mb)
+        if result.prepared is not None:
+          for stage, seconds in result.prepared.timings.items():
+            stage_seconds[stage] += seconds
+        frames = _embed_and_write(result, shard, settings, vgg16, vggish, stage_seconds)
         counters['processed'] += 1
         counters['written'] += frames > 0
         counters['frames'] += frames
@@ -462,13 +433,13 @@ def _run_shards(to_build, shard_clips, stream, progress, output_dir, num_shards,
       shard.commit()
 
 
-def _embed_and_write(prepared: _Prepared, shard, settings: dict, vgg16, vggish, stage_seconds: dict) -> int:
-  """Main-process stage: CNNs, serialisation, write. Returns the frames written (0: skipped)."""
-  clip = prepared.clip
-  if prepared.error is not None:
-    shard.skip(prepared.error)
+def _embed_and_write(result: _Result, shard, settings: dict, vgg16, vggish, stage_seconds: dict) -> int:
+  """Main-process stage: `embed.embed`, serialisation, write. Returns the frames written (0: skipped)."""
+  clip = result.clip
+  if result.error is not None:
+    shard.skip(result.error)
     return 0
-  faces = prepared.faces
+  faces = result.prepared.faces
   if not faces.face_found and settings['on_no_face'] == 'skip':
     shard.skip(
       {
@@ -479,15 +450,10 @@ def _embed_and_write(prepared: _Prepared, shard, settings: dict, vgg16, vggish, 
     )
     return 0
 
-  start = time.perf_counter()
-  distinct_embedding = vgg16(faces.crops)  # [num_distinct, 512]
-  visual_embedding = np.asarray(distinct_embedding)[faces.frame_index]  # [num_frames, 512]
-  stage_seconds['vgg16'] += time.perf_counter() - start
-
-  start = time.perf_counter()
-  audio_embedding = np.asarray(vggish(prepared.waveform))  # [num_audio_frames, 128]
-  stage_seconds['vggish'] += time.perf_counter() - start
-  if audio_embedding.shape[0] == 0:
+  embedding = embed_lib.embed(result.prepared, vgg16, vggish)
+  for stage, seconds in embedding.timings.items():
+    stage_seconds[stage] += seconds
+  if embedding.audio.shape[0] == 0:
     shard.skip({'path': clip.audio_source, 'reason': f'{clip.audio_source}: VGGish gave no rows.', 'kind': 'audio'})
     return 0
 
@@ -496,10 +462,10 @@ def _embed_and_write(prepared: _Prepared, shard, settings: dict, vgg16, vggish, 
     clip,
     fps=settings['fps'],
     num_frames=faces.num_frames,
-    num_audio_frames=audio_embedding.shape[0],
+    num_audio_frames=embedding.audio.shape[0],
     face_detected_frames=faces.face_detected_frames,
   )
-  serialized = schema.to_sequence_example(context, visual_embedding, audio_embedding)
+  serialized = schema.to_sequence_example(context, embedding.visual, embedding.audio)
   shard.write(serialized, write_lib.clip_summary(context, face_found=faces.face_found))
   stage_seconds['write'] += time.perf_counter() - start
   return faces.num_frames
