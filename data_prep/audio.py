@@ -41,7 +41,7 @@ def _read_av(path: str) -> tuple[np.ndarray, int]:
     raise ValueError(f'Cannot open {path} for its audio track: {media.error_reason(err)}.') from err
   with container:
     if not container.streams.audio:
-      raise ValueError(f'{path} has no audio track.')
+      raise media.MissingStreamError(f'{path} has no audio track.')
     stream = container.streams.audio[0]
     # Planar float keeps channels apart, so they are mixed here by a plain mean.
     resampler = av.AudioResampler(format='fltp')
