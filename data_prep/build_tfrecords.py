@@ -71,22 +71,22 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 DEFAULT_CLIPS_PER_SHARD = 64
 
-# Settings that change what is written; they are recorded and must match on resume.
+_EMBED_DEFAULTS = embed_lib.EmbedSettings()
+# Settings that change what is written; they are recorded and must match on resume. Those of
+# one clip's embedding are `embed.EmbedSettings`'s, with its defaults.
 CONTENT_DEFAULTS = {
-  'fps': 45.0,
-  'image_size': 48,
-  'detect_width': 640,
-  # Smallest face searched, as a fraction of the detection width (64 px at 640). RAVDESS faces
-  # span about a quarter of the frame's width; skipping the smaller scales makes Haar ~3x faster.
-  'min_face_fraction': 0.1,
-  'rgb': False,
-  'min_audio_seconds': 5.0,
+  'fps': _EMBED_DEFAULTS.fps,
+  'image_size': _EMBED_DEFAULTS.image_size,
+  'detect_width': _EMBED_DEFAULTS.detect_width,
+  'min_face_fraction': _EMBED_DEFAULTS.min_face_fraction,
+  'rgb': _EMBED_DEFAULTS.rgb,
+  'min_audio_seconds': _EMBED_DEFAULTS.min_audio_seconds,
   'vgg16_weights': 'imagenet',
   'vggish_handle': audio_lib.DEFAULT_VGGISH_HANDLE,
   'extractor_seed': 0,
   'include_song': False,
   'include_calm': False,
-  'on_no_face': 'skip',
+  'on_no_face': _EMBED_DEFAULTS.on_no_face,
   'num_shards': None,  # None: ceil(num_clips / DEFAULT_CLIPS_PER_SHARD).
   'max_clips': None,
 }
@@ -132,14 +132,12 @@ class _Result:
 _worker_detector = None
 
 
-def _init_worker(detect_width: int, min_face_fraction: float) -> None:
+def _init_worker(settings: embed_lib.EmbedSettings) -> None:
   global _worker_detector
   import cv2
 
-  from data_prep import video
-
   cv2.setNumThreads(1)  # Parallelism comes from the worker processes.
-  _worker_detector = video.FaceDetector(detect_width=detect_width, min_face_fraction=min_face_fraction)
+  _worker_detector = embed_lib.make_detector(settings)
 
 
 def _prepare_clip(job: _Job) -> _Result:
@@ -149,14 +147,13 @@ def _prepare_clip(job: _Job) -> _Result:
   try:
     result.prepared = embed_lib.prepare(
       os.path.join(job.input_dir, clip.video_source),
-      os.path.join(job.input_dir, clip.audio_source),
       job.settings,
       _worker_detector,
+      audio_path=os.path.join(job.input_dir, clip.audio_source),
     )
   except embed_lib.MediaError as err:
     source = os.path.relpath(err.path, job.input_dir).replace(os.sep, '/')
-    reason = err.reason.replace(err.path, source)
-    result.error = {'path': source, 'reason': reason, 'kind': err.kind}
+    result.error = {'path': source, 'reason': err.reason.replace(err.path, source), 'kind': err.kind}
   result.peak_rss_mb = _own_peak_rss_mb()
   return result
 
@@ -167,10 +164,8 @@ def _check_face_detector(settings: dict) -> None:
   Workers load their own copy in the pool initializer, where an exception would make
   multiprocessing respawn workers forever instead of failing.
   """
-  from data_prep import video
-
   try:
-    video.FaceDetector(detect_width=settings['detect_width'], min_face_fraction=settings['min_face_fraction'])
+    embed_lib.make_detector(embed_lib.EmbedSettings.from_settings(settings))
   except (AttributeError, RuntimeError) as err:
     raise BuildError(
       f'OpenCV cannot load the Haar face cascade ({err}); install opencv-python-headless<5 (OpenCV 5 has no '
@@ -178,15 +173,15 @@ def _check_face_detector(settings: dict) -> None:
     ) from err
 
 
-def _prepared_stream(jobs: list, num_workers: int, detector_args: tuple):
+def _prepared_stream(jobs: list, num_workers: int, settings: embed_lib.EmbedSettings):
   """Yields `_Result`s in job order, at most 2 x num_workers clips ahead of the consumer."""
   if num_workers == 0:
-    _init_worker(*detector_args)
+    _init_worker(settings)
     for job in jobs:
       yield _prepare_clip(job)
     return
   context = multiprocessing.get_context('spawn')
-  with context.Pool(num_workers, initializer=_init_worker, initargs=detector_args) as pool:
+  with context.Pool(num_workers, initializer=_init_worker, initargs=(settings,)) as pool:
     pending = collections.deque()
     remaining = iter(jobs)
     for job in remaining:
@@ -245,15 +240,9 @@ def _load_extractors(settings: dict, cache_dir: str | None):
   from data_prep import extractors
 
   try:
-    vgg16 = extractors.VGG16Embedder(
-      weights=settings['vgg16_weights'], image_size=settings['image_size'], seed=settings['extractor_seed']
-    )
-    vggish = extractors.VGGishEmbedder(
-      handle=settings['vggish_handle'], cache_dir=cache_dir, seed=settings['extractor_seed']
-    )
+    return embed_lib.load_extractors(settings, cache_dir)
   except extractors.ExtractorError as err:
     raise BuildError(str(err)) from err
-  return vgg16, vggish
 
 
 def _own_peak_rss_mb() -> float:
@@ -350,12 +339,7 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
       write_lib.write_json_atomic(settings_path, manifest)
 
     shard_clips = {k: clips[k::num_shards] for k in to_build}  # Clip i -> shard i % num_shards.
-    embed_settings = embed_lib.EmbedSettings(
-      fps=settings['fps'],
-      image_size=settings['image_size'],
-      rgb=settings['rgb'],
-      min_audio_seconds=settings['min_audio_seconds'],
-    )
+    embed_settings = embed_lib.EmbedSettings.from_settings(settings)
     jobs = [_Job(input_dir, clip, embed_settings) for k in to_build for clip in shard_clips[k]]
     from tqdm import auto as tqdm
 
@@ -368,8 +352,7 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
       smoothing=0.1,
       mininterval=0.5 if sys.stderr.isatty() else 30,  # A log file gets a line every 30 s, not every clip.
     )
-    detector_args = (settings['detect_width'], settings['min_face_fraction'])
-    stream = _prepared_stream(jobs, options['num_workers'], detector_args)
+    stream = _prepared_stream(jobs, options['num_workers'], embed_settings)
     try:
       _run_shards(to_build, shard_clips, stream, progress, output_dir, num_shards, settings, vgg16, vggish, counters)
     finally:
@@ -439,8 +422,15 @@ def _embed_and_write(result: _Result, shard, settings: dict, vgg16, vggish, stag
   if result.error is not None:
     shard.skip(result.error)
     return 0
-  faces = result.prepared.faces
-  if not faces.face_found and settings['on_no_face'] == 'skip':
+  prepared = result.prepared
+  faces = prepared.faces
+  if faces is None:
+    shard.skip({'path': clip.video_source, 'reason': f'{clip.video_source} has no video stream.', 'kind': 'video'})
+    return 0
+  if prepared.waveform is None:
+    shard.skip({'path': clip.audio_source, 'reason': f'{clip.audio_source} has no audio track.', 'kind': 'audio'})
+    return 0
+  if not faces.face_found and settings['on_no_face'] == 'skip':  # Before VGG16, which it would waste.
     shard.skip(
       {
         'path': clip.video_source,
@@ -450,10 +440,10 @@ def _embed_and_write(result: _Result, shard, settings: dict, vgg16, vggish, stag
     )
     return 0
 
-  embedding = embed_lib.embed(result.prepared, vgg16, vggish)
-  for stage, seconds in embedding.timings.items():
-    stage_seconds[stage] += seconds
-  if embedding.audio.shape[0] == 0:
+  embedding = embed_lib.embed(prepared, vgg16, vggish)
+  stage_seconds['vgg16'] += embedding.timings['vgg16']
+  stage_seconds['vggish'] += embedding.timings['vggish']
+  if embedding.audio is None:
     shard.skip({'path': clip.audio_source, 'reason': f'{clip.audio_source}: VGGish gave no rows.', 'kind': 'audio'})
     return 0
 
@@ -461,14 +451,14 @@ def _embed_and_write(result: _Result, shard, settings: dict, vgg16, vggish, stag
   context = write_lib.make_context(
     clip,
     fps=settings['fps'],
-    num_frames=faces.num_frames,
+    num_frames=embedding.num_frames,
     num_audio_frames=embedding.audio.shape[0],
-    face_detected_frames=faces.face_detected_frames,
+    face_detected_frames=embedding.face_detected_frames,
   )
   serialized = schema.to_sequence_example(context, embedding.visual, embedding.audio)
-  shard.write(serialized, write_lib.clip_summary(context, face_found=faces.face_found))
+  shard.write(serialized, write_lib.clip_summary(context, face_found=embedding.face_found))
   stage_seconds['write'] += time.perf_counter() - start
-  return faces.num_frames
+  return embedding.num_frames
 
 
 # ----------------------------------------------------------------------------- CLI
