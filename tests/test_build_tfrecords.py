@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from data_prep import build_tfrecords, synthetic, video
+from data_prep import build_tfrecords, embed, synthetic, video
 from data_prep import write as write_lib
 from emojax import ravdess, schema
 
@@ -114,11 +114,6 @@ def _read_shard(path):
 
 
 @pytest.fixture(scope='session')
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('extractor_cache')
-
-
-@pytest.fixture(scope='session')
 def built(tmp_path_factory, cache_dir):
   input_dir = tmp_path_factory.mktemp('ravdess_synthetic')
   good = _make_input(input_dir)
@@ -182,6 +177,19 @@ def test_frames_at_45_fps_and_repeats_share_embedding_rows(records):
       num_distinct = len(np.unique(source_index))
       assert num_distinct // 2 < len(np.unique(visual, axis=0)) <= num_distinct < expected_frames
       assert 0 < context['face_detected_frames'] <= context['num_frames']
+
+
+def test_embed_file_gives_exactly_the_rows_build_writes(built, records, stand_in_extractors):
+  """Inference embeds a file with the code and settings of the shards: the very same rows."""
+  vgg16, vggish = stand_in_extractors
+  settings = embed.EmbedSettings.from_settings(built['info']['settings'])
+  written = {c['clip_id']: (c, sequences) for shard in records.values() for c, sequences in shard}
+  for clip_id in sorted(written)[:2]:
+    context, sequences = written[clip_id]
+    clip = embed.embed_file(str(built['input_dir'] / context['video_source']), settings, vgg16, vggish)
+    np.testing.assert_array_equal(clip.visual, sequences[schema.VISUAL_KEY])
+    np.testing.assert_array_equal(clip.audio, sequences[schema.AUDIO_KEY])
+    assert (clip.num_frames, clip.face_detected_frames) == (context['num_frames'], context['face_detected_frames'])
 
 
 def test_dataset_info_counts_and_shards(built, records):
