@@ -82,7 +82,10 @@ def parse_modalities(value) -> tuple[str, ...]:
   names = [name.strip() for name in names if name.strip()]
   unknown = sorted(set(names) - set(MODALITIES))
   if unknown or not names:
-    raise ValueError(f'Modalities {value!r} are not a non-empty list of {", ".join(MODALITIES)}.')
+    raise ValueError(
+      f'Modalities {value!r} are not a comma-separated list of {" and ".join(MODALITIES)}: '
+      'pass e.g. audio,visual or audio.'
+    )
   return tuple(name for name in MODALITIES if name in names)
 
 
@@ -394,7 +397,10 @@ def embed(prepared: PreparedClip, vgg16, vggish) -> ClipEmbedding:
     if not faces.face_found and settings.on_no_face == 'skip':
       reasons['visual'] = NO_FACE
     elif vgg16 is None:
-      raise ValueError(f'{prepared.source.video_path} has frames to embed but no VGG16 embedder was given.')
+      raise ValueError(
+        f'{prepared.source.video_path} has frames to embed but no VGG16 embedder was given: pass one, or leave '
+        "'visual' out of EmbedSettings.modalities."
+      )
     else:
       start = time.perf_counter()
       distinct_embedding = vgg16(faces.crops)  # [num_distinct, 512]
@@ -404,7 +410,10 @@ def embed(prepared: PreparedClip, vgg16, vggish) -> ClipEmbedding:
   audio = None
   if prepared.waveform is not None:
     if vggish is None:
-      raise ValueError(f'{prepared.source.audio_path} has audio to embed but no VGGish embedder was given.')
+      raise ValueError(
+        f'{prepared.source.audio_path} has audio to embed but no VGGish embedder was given: pass one, or leave '
+        "'audio' out of EmbedSettings.modalities."
+      )
     start = time.perf_counter()
     audio = _vggish_rows(vggish, prepared.waveform, settings.min_audio_seconds)  # [num_audio_frames, 128]
     timings['vggish'] = time.perf_counter() - start
