@@ -41,7 +41,7 @@ def _read_av(path: str) -> tuple[np.ndarray, int]:
     raise ValueError(f'Cannot open {path} for its audio track: {media.error_reason(err)}.') from err
   with container:
     if not container.streams.audio:
-      raise ValueError(f'{path} has no audio track.')
+      raise media.MissingStreamError(f'{path} has no audio track.')
     stream = container.streams.audio[0]
     # Planar float keeps channels apart, so they are mixed here by a plain mean.
     resampler = av.AudioResampler(format='fltp')
@@ -91,16 +91,15 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
   return waveform.astype(np.float32, copy=False), sample_rate
 
 
-def prepare_waveform(waveform: np.ndarray, sample_rate: int, min_seconds: float = 5.0) -> np.ndarray:
-  """Resamples to 16 kHz (resampy, as VGGish's own input code) and zero-pads at the end.
+def to_vggish_rate(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+  """Resamples mono audio to 16 kHz with resampy, as VGGish's own input code does.
 
   Args:
     waveform: [num_samples] mono float samples.
     sample_rate: its rate in Hz.
-    min_seconds: pad to at least this long; 5 s gives 5 VGGish rows.
 
   Returns:
-    [max(num_samples_16k, ceil(min_seconds * 16000))] float32 at 16 kHz.
+    [num_samples_16k] float32 at 16 kHz.
 
   Raises:
     ValueError: the waveform is not 1-D or too short to resample.
@@ -115,7 +114,33 @@ def prepare_waveform(waveform: np.ndarray, sample_rate: int, min_seconds: float 
       raise ValueError(
         f'Audio of {waveform.size} samples at {sample_rate} Hz cannot be resampled to 16 kHz: {err}.'
       ) from err
-  min_samples = math.ceil(min_seconds * VGGISH_SAMPLE_RATE - 1e-6)
-  if waveform.size < min_samples:
-    waveform = np.pad(waveform, (0, min_samples - waveform.size))
   return waveform
+
+
+def pad_waveform(waveform_16k: np.ndarray, min_seconds: float = 5.0) -> np.ndarray:
+  """Zero-pads 16 kHz audio at the end to at least `min_seconds` (VGGish gives no row under 0.975 s).
+
+  Returns:
+    [max(num_samples, ceil(min_seconds * 16000))] float32; longer audio is returned as is.
+  """
+  min_samples = math.ceil(min_seconds * VGGISH_SAMPLE_RATE - 1e-6)
+  if waveform_16k.size < min_samples:
+    waveform_16k = np.pad(waveform_16k, (0, min_samples - waveform_16k.size))
+  return waveform_16k
+
+
+def prepare_waveform(waveform: np.ndarray, sample_rate: int, min_seconds: float = 5.0) -> np.ndarray:
+  """`to_vggish_rate`, then `pad_waveform`: a clip's audio as VGGish gets it.
+
+  Args:
+    waveform: [num_samples] mono float samples.
+    sample_rate: its rate in Hz.
+    min_seconds: pad to at least this long; 5 s gives 5 VGGish rows.
+
+  Returns:
+    [max(num_samples_16k, ceil(min_seconds * 16000))] float32 at 16 kHz.
+
+  Raises:
+    ValueError: the waveform is not 1-D or too short to resample.
+  """
+  return pad_waveform(to_vggish_rate(waveform, sample_rate), min_seconds)

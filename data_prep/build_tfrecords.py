@@ -2,12 +2,16 @@ r"""Turns an unpacked RAVDESS tree into sharded TFRecords of VGG16 and VGGish em
 
   python data_prep/build_tfrecords.py --input_dir=RAVDESS_ROOT --output_dir=OUT
 
-Per clip (see `data_prep.discover` for how the files of a clip are paired):
+Per clip (see `data_prep.discover` for how the files of a clip are paired, and
+`data_prep.embed` for the embedding, which inference shares):
   video: PyAV decode, sampling at --fps by timestamp, Haar face crop of each
     DISTINCT source frame (`data_prep.video`), then VGG16 once per distinct
     frame; target frames that repeat a source frame reuse its embedding row.
   audio: wav (or the AV mp4's track) -> mono 16 kHz, zero-padded to
     --min_audio_seconds (`data_prep.audio`) -> VGGish, one row per 0.96 s.
+--modalities=audio builds an audio-only dataset from wavs alone (RAVDESS'
+Audio_Speech_Actors_01-24.zip is enough): every record has an empty visual
+sequence (num_frames 0, video_source ''), and no VGG16 weights are needed.
 Output: `OUT/ravdess-NNNNN-of-MMMMM.tfrecord` (schema v1, `emojax.schema`) and
 `OUT/dataset_info.json` (settings, extractor identities, counts, face detection
 rate, every skipped file with its reason); see `data_prep.write` for the layout.
@@ -46,10 +50,9 @@ import os
 import sys
 
 if __package__ in (None, ''):
-  try:
-    import data_prep  # noqa: F401  (installed with `pip install -e .`)
-  except ImportError:  # Run from a checkout without installing: the repo root is one level up.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  # Run as a script: import the package this file belongs to (the repo root is one level up),
+  # not another copy installed elsewhere, which may lack modules this file needs.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import collections
 import dataclasses
@@ -58,11 +61,11 @@ import multiprocessing
 import resource
 import time
 
-import numpy as np
 from absl import app, flags, logging
 
 from data_prep import audio as audio_lib
 from data_prep import discover as discover_lib
+from data_prep import embed as embed_lib
 from data_prep import write as write_lib
 from emojax import schema
 
@@ -72,25 +75,30 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 DEFAULT_CLIPS_PER_SHARD = 64
 
-# Settings that change what is written; they are recorded and must match on resume.
+_EMBED_DEFAULTS = embed_lib.EmbedSettings()
+# Settings that change what is written; they are recorded and must match on resume. Those of
+# one clip's embedding are `embed.EmbedSettings`'s, with its defaults.
 CONTENT_DEFAULTS = {
-  'fps': 45.0,
-  'image_size': 48,
-  'detect_width': 640,
-  # Smallest face searched, as a fraction of the detection width (64 px at 640). RAVDESS faces
-  # span about a quarter of the frame's width; skipping the smaller scales makes Haar ~3x faster.
-  'min_face_fraction': 0.1,
-  'rgb': False,
-  'min_audio_seconds': 5.0,
+  'modalities': list(_EMBED_DEFAULTS.modalities),
+  'fps': _EMBED_DEFAULTS.fps,
+  'image_size': _EMBED_DEFAULTS.image_size,
+  'detect_width': _EMBED_DEFAULTS.detect_width,
+  'min_face_fraction': _EMBED_DEFAULTS.min_face_fraction,
+  'rgb': _EMBED_DEFAULTS.rgb,
+  'min_audio_seconds': _EMBED_DEFAULTS.min_audio_seconds,
   'vgg16_weights': 'imagenet',
   'vggish_handle': audio_lib.DEFAULT_VGGISH_HANDLE,
   'extractor_seed': 0,
   'include_song': False,
   'include_calm': False,
-  'on_no_face': 'skip',
+  'on_no_face': _EMBED_DEFAULTS.on_no_face,
   'num_shards': None,  # None: ceil(num_clips / DEFAULT_CLIPS_PER_SHARD).
   'max_clips': None,
 }
+# What a build made before a setting existed was built with: its settings.json lacks the key.
+LEGACY_SETTINGS = {'modalities': ['audio', 'visual']}
+# The datasets one can build: audio and visual, or audio alone.
+BUILDABLE_MODALITIES = (('audio', 'visual'), ('audio',))
 # Options that change how the run goes, not what it writes.
 RUN_DEFAULTS = {
   'num_workers': None,  # None: one per CPU core.
@@ -115,20 +123,15 @@ class BuildError(Exception):
 class _Job:
   input_dir: str
   clip: discover_lib.Clip
-  fps: float
-  image_size: int
-  rgb: bool
-  min_audio_seconds: float
+  settings: embed_lib.EmbedSettings
 
 
 @dataclasses.dataclass
-class _Prepared:
-  """A clip after the worker stages: face crops and the 16 kHz waveform, or why it failed."""
+class _Result:
+  """What a worker returns for one clip: the prepared clip, or why it cannot be used."""
 
   clip: discover_lib.Clip
-  faces: object = None  # data_prep.video.VideoFaces
-  waveform: np.ndarray | None = None  # [num_samples] float32 at 16 kHz
-  timings: dict = dataclasses.field(default_factory=dict)
+  prepared: embed_lib.PreparedClip | None = None
   error: dict | None = None  # {'path', 'reason', 'kind'}
   peak_rss_mb: float = 0.0  # of the process that prepared it
 
@@ -138,57 +141,29 @@ class _Prepared:
 _worker_detector = None
 
 
-def _init_worker(detect_width: int, min_face_fraction: float) -> None:
+def _init_worker(settings: embed_lib.EmbedSettings) -> None:
   global _worker_detector
   import cv2
 
-  from data_prep import video
-
   cv2.setNumThreads(1)  # Parallelism comes from the worker processes.
-  _worker_detector = video.FaceDetector(detect_width=detect_width, min_face_fraction=min_face_fraction)
+  if 'visual' in settings.modalities:
+    _worker_detector = embed_lib.make_detector(settings)
 
 
-def _prepare_clip(job: _Job) -> _Prepared:
-  """Worker stage: decode + face crops, read + resample audio. No TensorFlow here."""
-  from data_prep import video
-
+def _prepare_clip(job: _Job) -> _Result:
+  """Worker stage: `embed.prepare` on one clip, its failure recorded with paths relative to the input dir."""
   clip = job.clip
-  result = _Prepared(clip=clip)
-
-  def relative_reason(err, source):
-    return str(err).replace(os.path.join(job.input_dir, source), source)
-
-  video_path = os.path.join(job.input_dir, clip.video_source)
+  result = _Result(clip=clip)
   try:
-    result.faces = video.extract_faces(
-      video_path,
-      fps=job.fps,
-      image_size=job.image_size,
-      detect_width=_worker_detector.detect_width,
-      rgb=job.rgb,
-      detector=_worker_detector,
+    result.prepared = embed_lib.prepare(
+      os.path.join(job.input_dir, clip.video_source or clip.audio_source),
+      job.settings,
+      _worker_detector,
+      audio_path=os.path.join(job.input_dir, clip.audio_source),
     )
-  except (ValueError, OSError) as err:
-    result.error = {'path': clip.video_source, 'reason': relative_reason(err, clip.video_source), 'kind': 'video'}
-    return result
-  except Exception as err:  # noqa: BLE001  An unforeseen decoder or OpenCV failure costs this clip, not the run.
-    reason = f'unexpected {type(err).__name__} while reading the video: {relative_reason(err, clip.video_source)}'
-    result.error = {'path': clip.video_source, 'reason': reason, 'kind': 'error'}
-    return result
-  result.timings.update(result.faces.timings)
-
-  start = time.perf_counter()
-  try:
-    waveform, sample_rate = audio_lib.read_audio(os.path.join(job.input_dir, clip.audio_source))
-    result.waveform = audio_lib.prepare_waveform(waveform, sample_rate, min_seconds=job.min_audio_seconds)
-  except (ValueError, OSError) as err:
-    result.faces = None
-    result.error = {'path': clip.audio_source, 'reason': relative_reason(err, clip.audio_source), 'kind': 'audio'}
-  except Exception as err:  # noqa: BLE001  As above, for the audio decoder and resampler.
-    result.faces = None
-    reason = f'unexpected {type(err).__name__} while reading the audio: {relative_reason(err, clip.audio_source)}'
-    result.error = {'path': clip.audio_source, 'reason': reason, 'kind': 'error'}
-  result.timings['audio'] = time.perf_counter() - start
+  except embed_lib.MediaError as err:
+    source = os.path.relpath(err.path, job.input_dir).replace(os.sep, '/')
+    result.error = {'path': source, 'reason': err.reason.replace(err.path, source), 'kind': err.kind}
   result.peak_rss_mb = _own_peak_rss_mb()
   return result
 
@@ -199,10 +174,10 @@ def _check_face_detector(settings: dict) -> None:
   Workers load their own copy in the pool initializer, where an exception would make
   multiprocessing respawn workers forever instead of failing.
   """
-  from data_prep import video
-
+  if 'visual' not in settings['modalities']:
+    return
   try:
-    video.FaceDetector(detect_width=settings['detect_width'], min_face_fraction=settings['min_face_fraction'])
+    embed_lib.make_detector(embed_lib.EmbedSettings.from_settings(settings))
   except (AttributeError, RuntimeError) as err:
     raise BuildError(
       f'OpenCV cannot load the Haar face cascade ({err}); install opencv-python-headless<5 (OpenCV 5 has no '
@@ -210,15 +185,15 @@ def _check_face_detector(settings: dict) -> None:
     ) from err
 
 
-def _prepared_stream(jobs: list, num_workers: int, detector_args: tuple):
-  """Yields `_Prepared` in job order, at most 2 x num_workers clips ahead of the consumer."""
+def _prepared_stream(jobs: list, num_workers: int, settings: embed_lib.EmbedSettings):
+  """Yields `_Result`s in job order, at most 2 x num_workers clips ahead of the consumer."""
   if num_workers == 0:
-    _init_worker(*detector_args)
+    _init_worker(settings)
     for job in jobs:
       yield _prepare_clip(job)
     return
   context = multiprocessing.get_context('spawn')
-  with context.Pool(num_workers, initializer=_init_worker, initargs=detector_args) as pool:
+  with context.Pool(num_workers, initializer=_init_worker, initargs=(settings,)) as pool:
     pending = collections.deque()
     remaining = iter(jobs)
     for job in remaining:
@@ -246,6 +221,13 @@ def _resolve(overrides: dict) -> tuple[dict, dict]:
   settings['min_audio_seconds'] = float(settings['min_audio_seconds'])
   settings['max_clips'] = settings['max_clips'] or None
   settings['num_shards'] = settings['num_shards'] or None
+  try:
+    modalities = embed_lib.parse_modalities(settings['modalities'])
+  except ValueError as err:
+    raise BuildError(f'--modalities: {err}') from err
+  if modalities not in BUILDABLE_MODALITIES:
+    raise BuildError(f'--modalities={",".join(modalities)} cannot be built: use audio,visual (the default) or audio.')
+  settings['modalities'] = list(modalities)
   if settings['on_no_face'] not in ('skip', 'center_crop'):
     raise BuildError(f"--on_no_face={settings['on_no_face']!r} is not one of 'skip', 'center_crop'.")
   if settings['fps'] <= 0 or settings['image_size'] < 32 or settings['detect_width'] < 32:
@@ -277,15 +259,9 @@ def _load_extractors(settings: dict, cache_dir: str | None):
   from data_prep import extractors
 
   try:
-    vgg16 = extractors.VGG16Embedder(
-      weights=settings['vgg16_weights'], image_size=settings['image_size'], seed=settings['extractor_seed']
-    )
-    vggish = extractors.VGGishEmbedder(
-      handle=settings['vggish_handle'], cache_dir=cache_dir, seed=settings['extractor_seed']
-    )
+    return embed_lib.load_extractors(settings, cache_dir)
   except extractors.ExtractorError as err:
     raise BuildError(str(err)) from err
-  return vgg16, vggish
 
 
 def _own_peak_rss_mb() -> float:
@@ -333,14 +309,22 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
 
   _check_face_detector(settings)
   clips, discovery_skipped, filtered = discover_lib.discover(
-    input_dir, include_song=settings['include_song'], include_calm=settings['include_calm']
+    input_dir,
+    include_song=settings['include_song'],
+    include_calm=settings['include_calm'],
+    modalities=tuple(settings['modalities']),
   )
   if not clips:
     raise BuildError(
       f'No usable RAVDESS clips under --input_dir={input_dir} ({len(discovery_skipped)} media files skipped, '
       f'{sum(filtered.values())} filtered out as song/calm); expected files like Actor_01/01-01-03-01-01-01-01.mp4.'
     )
+  discovery = {
+    'clips_found': discover_lib.count_found(clips, discovery_skipped, filtered),
+    'clips_usable': len(clips),
+  }
   clips = discover_lib.select_evenly(clips, settings['max_clips'])
+  discovery['clips_selected'] = len(clips)
   if settings['num_shards'] is None:
     settings['num_shards'] = math.ceil(len(clips) / DEFAULT_CLIPS_PER_SHARD)
   num_shards = settings['num_shards']
@@ -349,7 +333,7 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
     'settings': settings,
     'input': {'num_clips': len(clips), 'clips_sha256': discover_lib.fingerprint(clips)},
   }
-  write_lib.check_manifest(output_dir, manifest, what=('settings', 'input'))
+  write_lib.check_manifest(output_dir, manifest, what=('settings', 'input'), legacy_settings=LEGACY_SETTINGS)
 
   missing = [k for k in range(num_shards) if not write_lib.is_complete(output_dir, k, num_shards)]
   info_path = os.path.join(output_dir, schema.DATASET_INFO)
@@ -375,18 +359,17 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
 
   if to_build:
     vgg16, vggish = _load_extractors(settings, options['cache_dir'])
-    manifest['extractors'] = {'vgg16': vgg16.identity, 'vggish': vggish.identity}
+    manifest['extractors'] = {
+      name: extractor.identity for name, extractor in (('vgg16', vgg16), ('vggish', vggish)) if extractor is not None
+    }
     write_lib.check_manifest(output_dir, manifest, what=('extractors',))
     settings_path = os.path.join(output_dir, write_lib.SETTINGS_FILE)
     if not os.path.exists(settings_path):
       write_lib.write_json_atomic(settings_path, manifest)
 
     shard_clips = {k: clips[k::num_shards] for k in to_build}  # Clip i -> shard i % num_shards.
-    jobs = [
-      _Job(input_dir, clip, settings['fps'], settings['image_size'], settings['rgb'], settings['min_audio_seconds'])
-      for k in to_build
-      for clip in shard_clips[k]
-    ]
+    embed_settings = embed_lib.EmbedSettings.from_settings(settings)
+    jobs = [_Job(input_dir, clip, embed_settings) for k in to_build for clip in shard_clips[k]]
     from tqdm import auto as tqdm
 
     loop_start = time.perf_counter()
@@ -398,8 +381,7 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
       smoothing=0.1,
       mininterval=0.5 if sys.stderr.isatty() else 30,  # A log file gets a line every 30 s, not every clip.
     )
-    detector_args = (settings['detect_width'], settings['min_face_fraction'])
-    stream = _prepared_stream(jobs, options['num_workers'], detector_args)
+    stream = _prepared_stream(jobs, options['num_workers'], embed_settings)
     try:
       _run_shards(to_build, shard_clips, stream, progress, output_dir, num_shards, settings, vgg16, vggish, counters)
     finally:
@@ -427,12 +409,22 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
   }
   missing = [k for k in range(num_shards) if not write_lib.is_complete(output_dir, k, num_shards)]
   if missing:
-    return {'complete': False, 'missing_shards': [schema.shard_name(k, num_shards) for k in missing], 'run': run}
+    return {
+      'complete': False,
+      'missing_shards': [schema.shard_name(k, num_shards) for k in missing],
+      'settings': settings,
+      'run': run,
+    }
   if 'extractors' not in manifest:  # Nothing built in this run: the identities are on record.
     found = write_lib.existing_manifest(output_dir)
     manifest['extractors'] = found[1].get('extractors', {}) if found else {}
   info = write_lib.merge_dataset_info(
-    output_dir, num_shards, manifest=manifest, discovery_skipped=discovery_skipped, filtered=filtered
+    output_dir,
+    num_shards,
+    manifest=manifest,
+    discovery_skipped=discovery_skipped,
+    filtered=filtered,
+    discovery=discovery,
   )
   info['run'] = run
   write_lib.write_json_atomic(info_path, info)
@@ -446,13 +438,14 @@ def _run_shards(to_build, shard_clips, stream, progress, output_dir, num_shards,
   for k in to_build:
     with write_lib.ShardWriter(output_dir, k, num_shards) as shard:
       for _ in shard_clips[k]:
-        prepared = next(stream)
-        counters['worker_peak_rss_mb'] = max(counters['worker_peak_rss_mb'], prepared.peak_rss_mb)
-        for stage, seconds in prepared.timings.items():
-          stage_seconds[stage] += seconds
-        frames = _embed_and_write(prepared, shard, settings, vgg16, vggish, stage_seconds)
+        result = next(stream)
+        counters['worker_peak_rss_mb'] = max(counters['worker_peak_rss_mb'], result.peak_rss_mb)
+        if result.prepared is not None:
+          for stage, seconds in result.prepared.timings.items():
+            stage_seconds[stage] += seconds
+        written, frames = _embed_and_write(result, shard, settings, vgg16, vggish, stage_seconds)
         counters['processed'] += 1
-        counters['written'] += frames > 0
+        counters['written'] += written
         counters['frames'] += frames
         progress.update(1)
         frames_per_second = counters['frames'] / max(time.perf_counter() - start, 1e-9)
@@ -462,14 +455,22 @@ def _run_shards(to_build, shard_clips, stream, progress, output_dir, num_shards,
       shard.commit()
 
 
-def _embed_and_write(prepared: _Prepared, shard, settings: dict, vgg16, vggish, stage_seconds: dict) -> int:
-  """Main-process stage: CNNs, serialisation, write. Returns the frames written (0: skipped)."""
-  clip = prepared.clip
-  if prepared.error is not None:
-    shard.skip(prepared.error)
-    return 0
+def _embed_and_write(result: _Result, shard, settings: dict, vgg16, vggish, stage_seconds: dict) -> tuple[bool, int]:
+  """Main-process stage: `embed.embed`, serialisation, write. Returns (written, frames written)."""
+  clip = result.clip
+  if result.error is not None:
+    shard.skip(result.error)
+    return False, 0
+  prepared = result.prepared
   faces = prepared.faces
-  if not faces.face_found and settings['on_no_face'] == 'skip':
+  visual = 'visual' in settings['modalities']
+  if visual and faces is None:
+    shard.skip({'path': clip.video_source, 'reason': f'{clip.video_source} has no video stream.', 'kind': 'video'})
+    return False, 0
+  if prepared.waveform is None:
+    shard.skip({'path': clip.audio_source, 'reason': f'{clip.audio_source} has no audio track.', 'kind': 'audio'})
+    return False, 0
+  if visual and not faces.face_found and settings['on_no_face'] == 'skip':  # Before VGG16, which it would waste.
     shard.skip(
       {
         'path': clip.video_source,
@@ -477,66 +478,120 @@ def _embed_and_write(prepared: _Prepared, shard, settings: dict, vgg16, vggish, 
         'kind': 'no face',
       }
     )
-    return 0
+    return False, 0
 
-  start = time.perf_counter()
-  distinct_embedding = vgg16(faces.crops)  # [num_distinct, 512]
-  visual_embedding = np.asarray(distinct_embedding)[faces.frame_index]  # [num_frames, 512]
-  stage_seconds['vgg16'] += time.perf_counter() - start
-
-  start = time.perf_counter()
-  audio_embedding = np.asarray(vggish(prepared.waveform))  # [num_audio_frames, 128]
-  stage_seconds['vggish'] += time.perf_counter() - start
-  if audio_embedding.shape[0] == 0:
+  embedding = embed_lib.embed(prepared, vgg16, vggish)
+  stage_seconds['vgg16'] += embedding.timings['vgg16']
+  stage_seconds['vggish'] += embedding.timings['vggish']
+  if embedding.audio is None:
     shard.skip({'path': clip.audio_source, 'reason': f'{clip.audio_source}: VGGish gave no rows.', 'kind': 'audio'})
-    return 0
+    return False, 0
 
   start = time.perf_counter()
   context = write_lib.make_context(
     clip,
     fps=settings['fps'],
-    num_frames=faces.num_frames,
-    num_audio_frames=audio_embedding.shape[0],
-    face_detected_frames=faces.face_detected_frames,
+    num_frames=embedding.num_frames,
+    num_audio_frames=embedding.audio.shape[0],
+    face_detected_frames=embedding.face_detected_frames,
   )
-  serialized = schema.to_sequence_example(context, visual_embedding, audio_embedding)
-  shard.write(serialized, write_lib.clip_summary(context, face_found=faces.face_found))
+  # An audio-only dataset's records carry an empty [0, 512] visual sequence.
+  serialized = schema.to_sequence_example(context, embedding.visual if visual else [], embedding.audio)
+  shard.write(serialized, write_lib.clip_summary(context, face_found=embedding.face_found))
   stage_seconds['write'] += time.perf_counter() - start
-  return faces.num_frames
+  return True, embedding.num_frames
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
+def count(n: int, noun: str) -> str:
+  """'1 clip', '1,440 clips': a number with its noun, singular or plural."""
+  return f'{n:,} {noun}' if n == 1 else f'{n:,} {noun}s'
+
+
+# Skip kinds in plain words: (what is skipped, why).
+_SKIP_WORDS = {
+  'no face': ('clip', 'with no face in any frame'),
+  'video': ('clip', 'whose video cannot be read or has no picture'),
+  'audio': ('clip', 'whose audio cannot be read or is missing'),
+  'error': ('clip', 'that hit an unexpected error'),
+  'no video source': ('clip', 'without a video file'),
+  'no audio source': ('clip', 'without an audio file'),
+  'unparsable name': ('file', 'not named like a RAVDESS file'),
+  'duplicate': ('file', 'duplicating another file'),
+}
+# Clips left out on purpose, in plain words, and the flag that keeps them.
+_FILTER_WORDS = {'song': ('song', '--include_song'), 'calm': ('calm', '--include_calm')}
+
+
 def summary_lines(info: dict, output_dir: str) -> list:
-  """The closing summary, as lines of text."""
+  """The closing summary, as lines of text in plain words.
+
+  Args:
+    info: what `build` returned.
+    output_dir: where the dataset was written.
+  """
   run = info['run']
-  stages = ', '.join(f'{k} {v:.1f}' for k, v in run['stage_seconds'].items())
+  settings = info.get('settings', {})
   lines = []
   if info.get('complete') is False:
     lines.append(
-      f'Task {run["task_index"]}/{run["num_tasks"]}: built {run["shards_built"]} shards; '
-      f'{len(info["missing_shards"])} shards of other tasks are still missing, so {schema.DATASET_INFO} is not '
+      f'Task {run["task_index"]}/{run["num_tasks"]}: built {count(run["shards_built"], "shard")}; '
+      f'{count(len(info["missing_shards"]), "shard")} of other tasks still missing, so {schema.DATASET_INFO} is not '
       'written yet (the last task writes it, or run again with --merge_only).'
     )
   else:
+    discovery = info.get('discovery')
+    if discovery:
+      left_out = [
+        f'{count(n, words[0] + " clip")} ({words[1]} keeps them)'
+        for reason, words in _FILTER_WORDS.items()
+        if (n := info['filtered'].get(reason, 0))
+      ]
+      found = f'Found {count(discovery["clips_found"], "clip")}: {discovery["clips_usable"]:,} usable'
+      found += f'; left out on purpose: {", ".join(left_out)}.' if left_out else '.'
+      lines.append(found)
+      if discovery['clips_selected'] < discovery['clips_usable']:
+        usable = count(discovery['clips_usable'], 'usable clip')
+        lines.append(f'--max_clips: took {discovery["clips_selected"]:,} of the {usable}, spread evenly over them.')
     lines.append(
-      f'Wrote {info["num_clips"]} clips in {info["num_shards"]} shards to {output_dir} '
-      f'({run["shards_built"]} built now, {run["shards_kept"]} kept from an earlier run); see {schema.DATASET_INFO}.'
+      f'Wrote {count(info["num_clips"], "clip")} in {count(info["num_shards"], "shard")} to {output_dir} '
+      f'({run["shards_built"]:,} built now, {run["shards_kept"]:,} kept from an earlier run); '
+      f'{schema.DATASET_INFO} has the details.'
     )
-    by_kind = ', '.join(f'{n} {kind}' for kind, n in info['skipped_by_kind'].items()) or 'none'
-    lines.append(f'Skipped: {info["num_skipped"]} ({by_kind}). Filtered out: {info["filtered"]}.')
-    lines.append(
-      f'Face detection rate: {100 * info["face_detection_rate"]:.1f}% of {info["num_frames"]} frames; '
-      f'{len(info["no_face_clips"])} clips kept with centre crops.'
-    )
+    if info['num_skipped']:
+      reasons = []
+      for kind, n in info['skipped_by_kind'].items():
+        noun, why = _SKIP_WORDS.get(kind, ('item', f'skipped as {kind!r}'))
+        reasons.append(f'{count(n, noun)} {why}')
+      lines.append(
+        f'Skipped {info["num_skipped"]:,} (each with its reason in {schema.DATASET_INFO}): {"; ".join(reasons)}.'
+      )
+    else:
+      lines.append('Skipped none.')
+    if 'visual' in settings.get('modalities', ['visual']):
+      lines.append(
+        f'Faces: detected in {100 * info["face_detection_rate"]:.1f}% of {count(info["num_frames"], "frame")}; '
+        f'{count(len(info["no_face_clips"]), "clip")} without any face kept with centre crops.'
+      )
+    else:
+      lines.append('Audio only (--modalities=audio): every record has an empty visual sequence (0 frames).')
   lines.append(
-    f'This run: {run["clips_processed"]} clips in {run["wall_seconds"]:.1f} s '
+    f'This run: {count(run["clips_processed"], "clip")} in {run["wall_seconds"]:.1f} s '
     f'({run["clips_per_second"]:.2f} clips/s, {run["frames_per_second"]:.0f} frames/s, '
-    f'{run["num_workers"]} workers; peak RSS {run["peak_rss_mb"]:.0f} MB main, '
+    f'{count(run["num_workers"], "worker")}; peak memory {run["peak_rss_mb"]:.0f} MB main, '
     f'{run["worker_peak_rss_mb"]:.0f} MB per worker).'
   )
-  lines.append(f'Seconds per stage (decode/face/audio summed over workers): {stages}.')
+  stages = ', '.join(f'{k} {v:.1f}' for k, v in run['stage_seconds'].items())
+  lines.append(f'Seconds per stage (decode, face and audio summed over the workers): {stages}.')
+  stand_ins = embed_lib.stand_in_extractors(settings)
+  if stand_ins:
+    flags_used = {'VGG16': '--vgg16_weights=random', 'VGGish': '--vggish_handle=random'}
+    lines.append(
+      f'WARNING: features come from untrained stand-in extractors ({", ".join(flags_used[n] for n in stand_ins)}): '
+      'for tests only, not for results.'
+    )
   return lines
 
 
@@ -546,6 +601,9 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
   flags.DEFINE_string('input_dir', None, 'Root of the unpacked RAVDESS tree (any nesting).')
   flags.DEFINE_string('output_dir', None, 'Where the shards and dataset_info.json go.')
+  flags.DEFINE_list(
+    'modalities', CONTENT_DEFAULTS['modalities'], "'audio,visual', or 'audio' for a dataset of wavs alone."
+  )
   flags.DEFINE_float('fps', CONTENT_DEFAULTS['fps'], 'Target frame rate (the thesis: 45).')
   flags.DEFINE_integer('image_size', CONTENT_DEFAULTS['image_size'], 'Face crop side in pixels (the thesis: 48).')
   flags.DEFINE_integer('detect_width', CONTENT_DEFAULTS['detect_width'], 'Face detection runs at most this wide.')

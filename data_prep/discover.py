@@ -12,10 +12,12 @@ One clip per clip id:
   audio: the wav (03) when present (the original 48 kHz studio track), else
     the AV mp4's own audio track.
 A clip without a video source or without an audio source is skipped with a
-reason, as is an .mp4/.wav whose name does not parse. Song and calm clips are
-not errors: they are counted as `filtered` unless `include_song` /
-`include_calm` keep them. Other files (.DS_Store, README.txt, macOS `._*`
-resource forks) are ignored silently.
+reason, as is an .mp4/.wav whose name does not parse. An audio-only dataset
+(`modalities=('audio',)`) needs no video: a wav alone is a clip (RAVDESS'
+`Audio_Speech_Actors_01-24.zip` is enough), with no video source. Song and
+calm clips are not errors: they are counted as `filtered` unless
+`include_song` / `include_calm` keep them. Other files (.DS_Store, README.txt,
+macOS `._*` resource forks) are ignored silently.
 """
 
 import dataclasses
@@ -32,8 +34,10 @@ class Clip:
   """One recording: its name fields and where its video and audio come from.
 
   Attributes:
-    name: the parsed name of the video file (modality 01 or 02).
-    video_source: path of the mp4 relative to the input dir (POSIX separators).
+    name: the parsed name of the video file (modality 01 or 02), or of the audio
+      source in an audio-only dataset.
+    video_source: path of the mp4 relative to the input dir (POSIX separators);
+      '' in an audio-only dataset.
     audio_source: path of the wav, or of the AV mp4 when there is no wav.
   """
 
@@ -61,22 +65,29 @@ def _walk_media(input_dir: str):
         yield _relative(os.path.join(dirpath, filename), input_dir)
 
 
-def discover(input_dir: str, *, include_song: bool = False, include_calm: bool = False):
+def discover(
+  input_dir: str,
+  *,
+  include_song: bool = False,
+  include_calm: bool = False,
+  modalities: tuple[str, ...] = ('audio', 'visual'),
+):
   """Lists the clips under `input_dir`.
 
   Args:
     input_dir: root of an unpacked RAVDESS tree (any nesting).
     include_song: keep vocal channel 02 (song) clips.
     include_calm: keep emotion 02 (calm), which is not one of the 7 classes.
+    modalities: ('audio', 'visual'), or ('audio',) for clips without video.
 
   Returns:
     (clips, skipped, filtered): `clips` is a list of `Clip` sorted by clip id;
     `skipped` a list of {'path', 'reason', 'kind'} dicts for files that cannot
-    be used; `filtered` a dict {'song': n, 'calm': n} counting files left out
-    on purpose.
+    be used; `filtered` a dict {'song': n, 'calm': n} counting the clips (clip
+    ids, whatever their number of files) left out on purpose.
   """
   skipped = []
-  filtered = {'song': 0, 'calm': 0}
+  filtered = {'song': set(), 'calm': set()}
   # clip_id -> modality -> relative path (the first in walk order).
   by_clip = {}
   for path in _walk_media(input_dir):
@@ -86,10 +97,10 @@ def discover(input_dir: str, *, include_song: bool = False, include_calm: bool =
       skipped.append({'path': path, 'reason': str(e), 'kind': 'unparsable name'})
       continue
     if name.vocal_channel == ravdess.VOCAL_CHANNEL_SONG and not include_song:
-      filtered['song'] += 1
+      filtered['song'].add(name.clip_id)
       continue
     if name.emotion == 'calm' and not include_calm:
-      filtered['calm'] += 1
+      filtered['calm'].add(name.clip_id)
       continue
     sources = by_clip.setdefault(name.clip_id, {})
     if name.modality in sources:
@@ -110,7 +121,7 @@ def discover(input_dir: str, *, include_song: bool = False, include_calm: bool =
     vo = sources.get(ravdess.MODALITY_VIDEO_ONLY)
     ao = sources.get(ravdess.MODALITY_AUDIO_ONLY)
     video = av or vo
-    if video is None:
+    if video is None and 'visual' in modalities:
       skipped.append(
         {
           'path': ao[0],
@@ -131,8 +142,17 @@ def discover(input_dir: str, *, include_song: bool = False, include_calm: bool =
         }
       )
       continue
-    clips.append(Clip(name=video[1], video_source=video[0], audio_source=audio[0]))
-  return clips, skipped, filtered
+    if 'visual' in modalities:
+      clips.append(Clip(name=video[1], video_source=video[0], audio_source=audio[0]))
+    else:
+      clips.append(Clip(name=audio[1], video_source='', audio_source=audio[0]))
+  return clips, skipped, {reason: len(clip_ids) for reason, clip_ids in filtered.items()}
+
+
+def count_found(clips: list, skipped: list, filtered: dict) -> int:
+  """How many clips (clip ids) `discover` found, usable or not: the clips, those filtered out and those skipped."""
+  unpaired = sum(entry['kind'] in ('no video source', 'no audio source') for entry in skipped)
+  return len(clips) + sum(filtered.values()) + unpaired
 
 
 def select_evenly(clips: list, max_clips: int | None) -> list:

@@ -15,3 +15,7 @@ def is_truncated(decoded_seconds: float, declared_seconds: float) -> bool:
 def error_reason(err: Exception) -> str:
   """A decoder's error message, ready to end a one-sentence reason."""
   return str(err).rstrip('.') or type(err).__name__
+
+
+class MissingStreamError(ValueError):
+  """The file is readable but has no stream of the kind asked for (no video stream, no audio track)."""

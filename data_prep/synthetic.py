@@ -22,21 +22,31 @@ above bright cheeks, a bright nose bridge, a dark mouth, an oval on a
 contrasting background) that OpenCV's Haar cascade
 `haarcascade_frontalface_default.xml` finds in nearly every frame.
 
+For scoring whole recordings, `write_recording` writes one longer take of one actor in which
+the emotion changes at given times, and returns where each emotion lasts. Its file type comes
+from the extension (video .mp4/.mov/.mkv, audio-only .wav/.flac/.ogg/.mp3/.m4a); `audio=False`
+leaves the video without an audio track, `width=240, height=320` makes it portrait, and
+`rotation=90` stores it sideways with a display rotation as phones do.
+
 Usage:
   python -m data_prep.synthetic --output_dir=/tmp/synthetic_ravdess --num_actors=4
+  python -m data_prep.synthetic --recording=/tmp/talk.mp4 --seconds=20
 """
 
 import argparse
 import dataclasses
 import fractions
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import av
 import cv2
 import numpy as np
+import soundfile
 import tqdm
 
 from emojax import ravdess
@@ -355,13 +365,25 @@ def _draw_face(image: np.ndarray, a: float, b: float, cx: float, cy: float, acto
 
 
 def _render_frames(
-  style: _Style, actor: _Actor, take: _Take, statement: int, width: int, height: int, seconds: float, fps: float
+  style: _Style,
+  actor: _Actor,
+  take: _Take,
+  statement: int,
+  width: int,
+  height: int,
+  seconds: float,
+  fps: float,
+  times: np.ndarray | None = None,
 ):
-  """Yields the clip's frames, each [height, width, 3] uint8 BGR; the mouth moves with the audio's syllables."""
+  """Yields the take's frames, each [height, width, 3] uint8 BGR; the mouth moves with the audio's syllables.
+
+  `times` ([num_frames] seconds into the take) defaults to every 1 / fps over `seconds`.
+  """
   rng = np.random.default_rng(take.rng_seed + 2)
   background = _background(actor, width, height, rng)
-  num_frames = max(round(seconds * fps), 1)
-  times = np.arange(num_frames) / fps
+  if times is None:
+    times = np.arange(max(round(seconds * fps), 1)) / fps
+  num_frames = len(times)
   onsets, duration = _syllable_onsets(style, take, statement, seconds)
   talking = _speech_envelope(times, onsets, duration)  # [num_frames]
   b = actor.face_height * height
@@ -401,31 +423,86 @@ def _render_frames(
 # ----------------------------------------------------------------------------- writing
 
 
-def _write_mp4(path, frames, audio, width, height, frame_rate, sample_rate) -> None:
-  """Encodes BGR `frames` as H.264 (yuv420p) and mono `audio` [num_samples] as AAC into an mp4 at `path`."""
-  with av.open(path, mode='w', format='mp4') as container:
+def _write_video(path, frames, audio, width, height, frame_rate, sample_rate, container_format='mp4', rotation=0):
+  """Encodes BGR `frames` as H.264 (yuv420p) and mono `audio` [num_samples] (or None: no track) as AAC.
+
+  `rotation` (degrees counter-clockwise, a multiple of 90) stores each frame turned the other
+  way with a display rotation that turns it back, as phones store portrait video.
+  """
+  turns = rotation // 90 % 4
+  stored_width, stored_height = (height, width) if turns % 2 else (width, height)
+  with av.open(path, mode='w', format=container_format) as container:
     video = container.add_stream('libx264', rate=frame_rate)
-    video.width, video.height, video.pix_fmt = width, height, 'yuv420p'
+    video.width, video.height, video.pix_fmt = stored_width, stored_height, 'yuv420p'
+    if turns:
+      video.set_display_rotation(rotation)
     # One thread and fixed settings: identical bytes for identical input.
     video.codec_context.thread_count = 1
     video.options = {'preset': 'ultrafast', 'crf': '20'}
-    sound = container.add_stream('aac', rate=sample_rate, layout='mono')
-    sound.bit_rate = 96000
-    sound.options = {'aac_coder': 'fast'}  # The default coder takes 3x longer.
+    if audio is not None:
+      sound = container.add_stream('aac', rate=sample_rate, layout='mono')
+      sound.bit_rate = 96000
+      sound.options = {'aac_coder': 'fast'}  # The default coder takes 3x longer.
     for index, bgr in enumerate(frames):
+      if turns:
+        bgr = np.ascontiguousarray(np.rot90(bgr, k=-turns))
       # cv2's colour conversion is faster than letting PyAV convert bgr24.
       frame = av.VideoFrame.from_ndarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), format='yuv420p')
       frame.pts = index
       frame.time_base = 1 / frame_rate
       container.mux(video.encode(frame))
     container.mux(video.encode(None))
-    # One frame holding the whole track: the encoder cuts it into AAC frames.
+    if audio is not None:
+      # One frame holding the whole track: the encoder cuts it into AAC frames.
+      audio_frame = av.AudioFrame.from_ndarray(audio[None, :], format='fltp', layout='mono')
+      audio_frame.sample_rate = sample_rate
+      audio_frame.pts = 0
+      audio_frame.time_base = fractions.Fraction(1, sample_rate)
+      container.mux(sound.encode(audio_frame))
+      container.mux(sound.encode(None))
+
+
+def _write_audio(path, audio, sample_rate, extension) -> None:
+  """Writes mono `audio` [num_samples] float32 as an audio-only file of type `extension`."""
+  if extension in _SOUNDFILE_FORMATS:
+    soundfile.write(path, audio, sample_rate, format=_SOUNDFILE_FORMATS[extension])
+    return
+  container_format, codec = _AV_AUDIO_FORMATS[extension]
+  with av.open(path, mode='w', format=container_format) as container:
+    sound = container.add_stream(codec, rate=sample_rate, layout='mono')
+    sound.bit_rate = 96000
     audio_frame = av.AudioFrame.from_ndarray(audio[None, :], format='fltp', layout='mono')
     audio_frame.sample_rate = sample_rate
     audio_frame.pts = 0
     audio_frame.time_base = fractions.Fraction(1, sample_rate)
-    container.mux(sound.encode(audio_frame))
+    for chunk in _audio_chunks(audio_frame, audio, sample_rate, codec):
+      container.mux(sound.encode(chunk))
     container.mux(sound.encode(None))
+
+
+def _audio_chunks(whole, audio, sample_rate, codec):
+  """The encoder input: the whole track as one frame, or 1152-sample frames for MP3 (which takes no more)."""
+  if codec != 'libmp3lame':
+    yield whole
+    return
+  for start in range(0, audio.size, 1152):
+    chunk = av.AudioFrame.from_ndarray(audio[None, start : start + 1152], format='fltp', layout='mono')
+    chunk.sample_rate = sample_rate
+    chunk.pts = start
+    chunk.time_base = fractions.Fraction(1, sample_rate)
+    yield chunk
+
+
+def _write_atomic(path: str, write) -> None:
+  """Calls `write(partial_path)` and renames the result to `path`: an interrupted run leaves no half file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  partial_path = path + '.partial'
+  try:
+    write(partial_path)
+    os.replace(partial_path, path)
+  finally:
+    if os.path.exists(partial_path):  # Only after a failure.
+      os.remove(partial_path)
 
 
 def write_clip(
@@ -477,14 +554,150 @@ def write_clip(
 
   frames = _render_frames(style, actor_look, take, statement, width, height, seconds, fps)
   frame_rate = fractions.Fraction(fps).limit_denominator(1001)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  partial_path = path + '.partial'
-  try:
-    _write_mp4(partial_path, frames, audio, width, height, frame_rate, sample_rate)
-    os.replace(partial_path, path)
-  finally:
-    if os.path.exists(partial_path):  # Only after a failure.
-      os.remove(partial_path)
+  _write_atomic(path, lambda partial: _write_video(partial, frames, audio, width, height, frame_rate, sample_rate))
+
+
+# What write_recording can write, by file extension.
+_VIDEO_FORMATS = {'.mp4': 'mp4', '.mov': 'mov', '.mkv': 'matroska'}
+_SOUNDFILE_FORMATS = {'.wav': 'WAV', '.flac': 'FLAC', '.ogg': 'OGG'}
+_AV_AUDIO_FORMATS = {'.mp3': ('mp3', 'libmp3lame'), '.m4a': ('ipod', 'aac')}
+RECORDING_EXTENSIONS = tuple(_VIDEO_FORMATS) + tuple(_SOUNDFILE_FORMATS) + tuple(_AV_AUDIO_FORMATS)
+
+
+class Segment(NamedTuple):
+  """Where one emotion lasts in a SYNTHETIC recording: [start, end) seconds."""
+
+  start: float
+  end: float
+  emotion: str  # RAVDESS emotion name, e.g. 'anger' ('calm' for code 2).
+  emotion_code: int
+
+
+def write_recording(
+  path: str,
+  *,
+  emotion_codes: Sequence[int] = (1, 5, 3),
+  change_times: Sequence[float] = (7.0, 14.0),
+  seconds: float = 20.0,
+  intensity: int = 2,
+  actor: int = 1,
+  width: int = 320,
+  height: int = 240,
+  fps: float = 30000 / 1001,
+  sample_rate: int = 48000,
+  utterance_seconds: float = 3.5,
+  audio: bool = True,
+  rotation: int = 0,
+  seed: int = 0,
+) -> list[Segment]:
+  """Writes one SYNTHETIC recording in which the emotion changes at `change_times`.
+
+  The same actor speaks throughout, with the faces and voices of `write_clip`: each segment
+  is a run of utterances of `utterance_seconds` (a RAVDESS clip's length; the last of a
+  segment takes what is left) in the segment's emotion, alternating the two statements and
+  repetitions. Deterministic: the same arguments give the same file.
+
+  The file's extension decides what is written: a video (.mp4, .mov, .mkv; H.264 with an AAC
+  track unless `audio=False`) or audio only (.wav, .flac, .ogg, .mp3, .m4a).
+
+  Args:
+    path: where to write; its extension is one of `RECORDING_EXTENSIONS`.
+    emotion_codes: RAVDESS emotion code of each segment, in order (1 neutral ... 8 surprise).
+    change_times: seconds at which the next segment starts; one fewer than `emotion_codes`.
+    seconds: the recording's duration.
+    intensity: 1 normal or 2 strong, for every emotion but neutral (always normal).
+    actor: 1-24; odd actors are male, even female.
+    width: frame width as shown, even (240 x 320 is a portrait video).
+    height: frame height as shown, even.
+    fps: video frame rate.
+    sample_rate: audio sample rate in Hz.
+    utterance_seconds: length of one spoken sentence.
+    audio: False writes a video without an audio track.
+    rotation: store the video turned, with a display rotation of this many degrees
+      counter-clockwise (0, 90, 180, 270) that turns it back, as phones do.
+    seed: varies the actor's look and the takes.
+
+  Returns:
+    The segments, [Segment(start, end, emotion, emotion_code)] in time order.
+
+  Raises:
+    ValueError: an extension, frame size, emotion code or change time that does not fit.
+  """
+  extension = os.path.splitext(path)[1].lower()
+  if extension not in RECORDING_EXTENSIONS:
+    raise ValueError(f'{path}: write_recording writes {", ".join(RECORDING_EXTENSIONS)} files, not {extension!r}.')
+  if width % 2 or height % 2 or width < 32 or height < 32:
+    raise ValueError(f'Frame size {width}x{height} is not usable: width and height must be even and at least 32.')
+  if rotation % 90:
+    raise ValueError(f'Rotation {rotation} is not a multiple of 90 degrees.')
+  bounds = [0.0, *map(float, change_times), float(seconds)]
+  if len(bounds) != len(emotion_codes) + 1 or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
+    raise ValueError(
+      f'Change times {tuple(change_times)} must be {len(emotion_codes) - 1} increasing times inside '
+      f'(0, {seconds}) s, one between each two of the emotion codes {tuple(emotion_codes)}.'
+    )
+  segments = []
+  for code, start, end in zip(emotion_codes, bounds, bounds[1:], strict=False):
+    _emotion_style(code, 1)  # A clear ValueError for a code RAVDESS does not have.
+    segments.append(Segment(start, end, ravdess.EMOTION_NAMES[code], code))
+
+  actor_look = _make_actor(actor, seed)
+  num_frames = max(round(seconds * fps), 1)
+  num_samples = round(seconds * sample_rate)
+  sound = np.zeros([num_samples], np.float32)
+  # Utterances: (start, end, emotion code, take index within the segment).
+  utterances = []
+  for segment in segments:
+    starts = np.arange(segment.start, segment.end, utterance_seconds)
+    if len(starts) > 1 and segment.end - starts[-1] < 1.0:  # A stub under a second joins the previous one.
+      starts = starts[:-1]
+    for index, start in enumerate(starts):
+      end = starts[index + 1] if index + 1 < len(starts) else segment.end
+      utterances.append((float(start), float(end), segment.emotion_code, index))
+
+  def takes():
+    for start, end, code, index in utterances:
+      level = 1 if code == 1 else intensity
+      statement, repetition = 1 + index % 2, 1 + index // 2 % 2
+      name = ravdess.ClipName(
+        ravdess.MODALITY_AUDIO_VIDEO, ravdess.VOCAL_CHANNEL_SPEECH, code, level, statement, repetition, actor
+      )
+      yield start, end, _emotion_style(code, level), _make_take(seed, name), statement
+
+  for start, end, style, take, statement in takes():
+    first, stop = round(start * sample_rate), round(end * sample_rate)
+    sound[first:stop] = _synthesize_audio(style, actor_look, take, statement, (stop - first) / sample_rate, sample_rate)
+
+  def frames():
+    for start, end, style, take, statement in takes():
+      first = math.ceil(start * fps - 1e-9)
+      stop = num_frames if end >= seconds else math.ceil(end * fps - 1e-9)
+      times = np.arange(first, stop) / fps - start  # Seconds into the utterance.
+      yield from _render_frames(style, actor_look, take, statement, width, height, end - start, fps, times)
+
+  if extension in _VIDEO_FORMATS:
+    frame_rate = fractions.Fraction(fps).limit_denominator(1001)
+
+    def write(partial):
+      _write_video(
+        partial,
+        frames(),
+        sound if audio else None,
+        width,
+        height,
+        frame_rate,
+        sample_rate,
+        container_format=_VIDEO_FORMATS[extension],
+        rotation=rotation,
+      )
+
+  else:
+
+    def write(partial):
+      _write_audio(partial, sound, sample_rate, extension)
+
+  _write_atomic(path, write)
+  return segments
 
 
 def clip_names(
@@ -580,38 +793,63 @@ def generate(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """The command line: writes the clips and says, in one line, what was written."""
+  """The command line: writes the clips (or one recording) and says, in one line, what was written."""
   parser = argparse.ArgumentParser(
     prog='python -m data_prep.synthetic',
     description='Writes SYNTHETIC RAVDESS-format clips (never real RAVDESS data) for tests, demos and benchmarks.',
   )
-  parser.add_argument('--output_dir', required=True, help='Directory to write Actor_XX/*.mp4 into.')
+  parser.add_argument('--output_dir', help='Directory to write Actor_XX/*.mp4 into.')
+  parser.add_argument(
+    '--recording',
+    help='Instead of clips, write one recording to this file, in which the emotion changes twice '
+    '(neutral, anger, happiness; --seconds long).',
+  )
   parser.add_argument('--num_actors', type=int, default=4, help='Number of actors (60 clips each).')
   parser.add_argument('--first_actor', type=int, default=1, help='Number of the first actor (1-24).')
   parser.add_argument('--width', type=int, default=320, help='Frame width in pixels (even).')
   parser.add_argument('--height', type=int, default=240, help='Frame height in pixels (even).')
-  parser.add_argument('--seconds', type=float, default=3.5, help='Clip duration in seconds.')
+  parser.add_argument('--seconds', type=float, default=None, help='Clip duration (3.5 s) or recording duration (20 s).')
   parser.add_argument('--seed', type=int, default=0, help='Seed for the actors and takes.')
   parser.add_argument('--max_clips', type=int, default=None, help='Write at most this many (spread over emotions).')
   args = parser.parse_args(argv)
+  if (args.output_dir is None) == (args.recording is None):
+    parser.error('pass exactly one of --output_dir (clips) and --recording (one recording).')
   start = time.perf_counter()
   try:
-    paths = generate(
-      args.output_dir,
-      num_actors=args.num_actors,
-      first_actor=args.first_actor,
-      width=args.width,
-      height=args.height,
-      seconds=args.seconds,
-      seed=args.seed,
-      max_clips=args.max_clips,
-      progress=True,
-    )
+    if args.recording:
+      seconds = args.seconds or 20.0
+      segments = write_recording(
+        args.recording,
+        change_times=(round(seconds / 3, 2), round(2 * seconds / 3, 2)),
+        seconds=seconds,
+        width=args.width,
+        height=args.height,
+        seed=args.seed,
+      )
+    else:
+      paths = generate(
+        args.output_dir,
+        num_actors=args.num_actors,
+        first_actor=args.first_actor,
+        width=args.width,
+        height=args.height,
+        seconds=args.seconds or 3.5,
+        seed=args.seed,
+        max_clips=args.max_clips,
+        progress=True,
+      )
   except (OSError, ValueError) as error:
     raise SystemExit(f'data_prep.synthetic: {error}') from None
+  if args.recording:
+    timeline = ', '.join(f'{s.emotion} {s.start:g}-{s.end:g} s' for s in segments)
+    print(
+      f'Wrote a SYNTHETIC recording (not real RAVDESS data) to {args.recording}: {timeline}; '
+      f'{time.perf_counter() - start:.1f} s.'
+    )
+    return
   print(
     f'Wrote {len(paths)} SYNTHETIC RAVDESS-format clips (not real RAVDESS data) to {args.output_dir}: '
-    f'{args.num_actors} actors, {args.width}x{args.height}, {args.seconds} s, seed {args.seed}, '
+    f'{args.num_actors} actors, {args.width}x{args.height}, {args.seconds or 3.5} s, seed {args.seed}, '
     f'{time.perf_counter() - start:.1f} s.'
   )
 

@@ -182,13 +182,17 @@ def _differences(old: dict, new: dict, prefix: str) -> list:
   ]
 
 
-def check_manifest(output_dir: str, manifest: dict, *, what=('settings', 'input', 'extractors')) -> None:
+def check_manifest(
+  output_dir: str, manifest: dict, *, what=('settings', 'input', 'extractors'), legacy_settings: dict | None = None
+) -> None:
   """Raises SettingsMismatchError if `output_dir` holds a build with other settings.
 
   Args:
     output_dir: the output directory.
     manifest: {'settings': ..., 'input': ..., 'extractors': ...} of this run.
     what: the sections to compare (extractor identities are only known once loaded).
+    legacy_settings: values of settings added since a build may have been written; one its
+      manifest lacks took this value, so a resume across the update is no mismatch.
   """
   found = existing_manifest(output_dir)
   if found is None:
@@ -197,7 +201,10 @@ def check_manifest(output_dir: str, manifest: dict, *, what=('settings', 'input'
   differences = []
   for section in what:
     if section in old and section in manifest:
-      differences += _differences(old[section], manifest[section], f'{section}.')
+      recorded = old[section]
+      if section == 'settings':
+        recorded = {**(legacy_settings or {}), **recorded}
+      differences += _differences(recorded, manifest[section], f'{section}.')
   if differences:
     raise SettingsMismatchError(
       f'{os.path.join(output_dir, source)} was built with other settings ({"; ".join(differences)}); '
@@ -214,7 +221,9 @@ def clip_summary(context: dict, *, face_found: bool) -> dict:
   return summary
 
 
-def merge_dataset_info(output_dir: str, num_shards: int, *, manifest: dict, discovery_skipped: list, filtered: dict):
+def merge_dataset_info(
+  output_dir: str, num_shards: int, *, manifest: dict, discovery_skipped: list, filtered: dict, discovery: dict
+):
   """Builds dataset_info from the shard summaries (every shard must be complete).
 
   Args:
@@ -222,7 +231,9 @@ def merge_dataset_info(output_dir: str, num_shards: int, *, manifest: dict, disc
     num_shards: the number of shards.
     manifest: the run's {'settings', 'input', 'extractors'}.
     discovery_skipped: files skipped before processing (bad names, missing sources).
-    filtered: {'song': n, 'calm': n} from discovery.
+    filtered: {'song': n, 'calm': n} clips from discovery.
+    discovery: {'clips_found', 'clips_usable', 'clips_selected'}: every clip id found, those
+      neither filtered nor skipped, and those --max_clips kept of them.
 
   Returns:
     The dataset_info dict (without the 'run' section).
@@ -260,7 +271,9 @@ def merge_dataset_info(output_dir: str, num_shards: int, *, manifest: dict, disc
     'num_frames': num_frames,
     'face_detected_frames': detected,
     'face_detection_rate': detected / num_frames if num_frames else 0.0,
-    'no_face_clips': [c['clip_id'] for c in clips if not c['face_found']],
+    # Clips with video but no face anywhere (kept with centre crops); audio-only clips have no frames.
+    'no_face_clips': [c['clip_id'] for c in clips if c['num_frames'] and not c['face_found']],
+    'discovery': dict(discovery),
     'filtered': dict(filtered),
     'num_skipped': len(skipped),
     'skipped_by_kind': dict(sorted(skipped_by_kind.items())),

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from data_prep import build_tfrecords, synthetic, video
+from data_prep import build_tfrecords, embed, synthetic, video
 from data_prep import write as write_lib
 from emojax import ravdess, schema
 
@@ -114,11 +115,6 @@ def _read_shard(path):
 
 
 @pytest.fixture(scope='session')
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('extractor_cache')
-
-
-@pytest.fixture(scope='session')
 def built(tmp_path_factory, cache_dir):
   input_dir = tmp_path_factory.mktemp('ravdess_synthetic')
   good = _make_input(input_dir)
@@ -184,6 +180,19 @@ def test_frames_at_45_fps_and_repeats_share_embedding_rows(records):
       assert 0 < context['face_detected_frames'] <= context['num_frames']
 
 
+def test_embed_file_gives_exactly_the_rows_build_writes(built, records, stand_in_extractors):
+  """Inference embeds a file with the code and settings of the shards: the very same rows."""
+  vgg16, vggish = stand_in_extractors
+  settings = embed.EmbedSettings.from_settings(built['info']['settings'])
+  written = {c['clip_id']: (c, sequences) for shard in records.values() for c, sequences in shard}
+  for clip_id in sorted(written)[:2]:
+    context, sequences = written[clip_id]
+    clip = embed.embed_file(str(built['input_dir'] / context['video_source']), settings, vgg16, vggish)
+    np.testing.assert_array_equal(clip.visual, sequences[schema.VISUAL_KEY])
+    np.testing.assert_array_equal(clip.audio, sequences[schema.AUDIO_KEY])
+    assert (clip.num_frames, clip.face_detected_frames) == (context['num_frames'], context['face_detected_frames'])
+
+
 def test_dataset_info_counts_and_shards(built, records):
   out = built['output_dir']
   info = json.loads((out / schema.DATASET_INFO).read_text())
@@ -227,6 +236,10 @@ def test_bad_inputs_skipped_with_reasons(built):
 def test_deleted_shard_is_rebuilt_alone_and_byte_identical(built, cache_dir, tmp_path, monkeypatch):
   out = tmp_path / 'out'
   shutil.copytree(built['output_dir'], out)  # copy2 keeps the mtimes
+  # As if built before --modalities existed: such a settings.json lacks it, and means audio,visual.
+  manifest = json.loads((out / write_lib.SETTINGS_FILE).read_text())
+  del manifest['settings']['modalities']
+  (out / write_lib.SETTINGS_FILE).write_text(json.dumps(manifest))
   victim = out / schema.shard_name(1, NUM_SHARDS)
   original = victim.read_bytes()
   victim.unlink()
@@ -327,3 +340,71 @@ def test_real_ravdess_sample_goes_through(cache_dir, tmp_path):
   assert sequences[schema.AUDIO_KEY].shape == (5, 128)
   kinds = {s['kind'] for s in info['skipped']}
   assert kinds == {'no video source'} and info['filtered']['calm'] == 16
+
+
+def test_summary_is_in_plain_words(built):
+  lines = build_tfrecords.summary_lines(built['info'], str(built['output_dir']))
+  text = '\n'.join(lines)
+  # 8 good clips, 2 calm ones and 4 bad ones with RAVDESS names; the file named take-final.mp4 is no clip.
+  assert lines[0] == 'Found 14 clips: 12 usable; left out on purpose: 2 calm clips (--include_calm keeps them).'
+  assert 'Wrote 8 clips in 3 shards' in text
+  assert '1 clip with no face in any frame' in text and '1 file not named like a RAVDESS file' in text
+  assert '2 clips whose video cannot be read' in text and '1 clip whose audio cannot be read' in text
+  assert "{'" not in text  # No Python dict.
+  assert not re.search(r'(?<![\d.,])1 (clip|shard|file|frame|worker)s\b', text), text  # '1 clip', not '1 clips'.
+  assert lines[-1] == (
+    'WARNING: features come from untrained stand-in extractors (--vgg16_weights=random, --vggish_handle=random): '
+    'for tests only, not for results.'
+  )
+  assert build_tfrecords.count(1, 'clip') == '1 clip' and build_tfrecords.count(1440, 'clip') == '1,440 clips'
+
+
+def _check_audio_only_records(out, num_shards):
+  contexts = []
+  for k in range(num_shards):
+    for context, sequences in _read_shard(str(out / schema.shard_name(k, num_shards))):
+      assert context['num_frames'] == context['face_detected_frames'] == 0 and context['video_source'] == ''
+      assert sequences[schema.VISUAL_KEY].shape == (0, 512) and sequences[schema.AUDIO_KEY].shape == (5, 128)
+      assert context['audio_source'].endswith('.wav')
+      contexts.append(context)
+  return contexts
+
+
+def test_audio_only_dataset_from_wavs_alone(cache_dir, tmp_path):
+  input_dir = tmp_path / 'Audio_Speech_Actors_01-24'
+  for emotion_code, actor in ((1, 1), (5, 1), (2, 1), (4, 2), (8, 2)):  # Calm (2) is left out.
+    name = ravdess.ClipName(ravdess.MODALITY_AUDIO_ONLY, 1, emotion_code, 1, 1, 1, actor)
+    path = input_dir / f'Actor_{actor:02d}' / name.filename()
+    synthetic.write_recording(str(path), emotion_codes=(emotion_code,), change_times=(), seconds=1.5, actor=actor)
+  video_only = input_dir / 'Actor_02' / '02-01-03-01-01-01-02.mp4'
+  synthetic.write_recording(str(video_only), emotion_codes=(3,), change_times=(), seconds=1.0, audio=False)
+  out = tmp_path / 'out'
+  # No VGG16 is loaded: 'imagenet' weights would need a download this machine cannot make.
+  settings = _settings(cache_dir, modalities='audio', vgg16_weights='imagenet', num_shards=2, num_workers=0)
+  info = build_tfrecords.build(str(input_dir), str(out), **settings)
+  assert info['settings']['modalities'] == ['audio'] and set(info['extractors']) == {'vggish'}
+  assert info['num_clips'] == 4 and info['num_frames'] == 0 and info['no_face_clips'] == []
+  assert info['discovery'] == {'clips_found': 6, 'clips_usable': 4, 'clips_selected': 4}
+  assert [s['kind'] for s in info['skipped']] == ['no audio source']  # The video-only mp4 has no sound.
+  on_disk = json.loads((out / schema.DATASET_INFO).read_text())
+  assert on_disk['settings']['modalities'] == ['audio'] and on_disk['num_frames'] == 0
+  contexts = _check_audio_only_records(out, 2)
+  assert sorted(c['emotion_code'] for c in contexts) == [1, 4, 5, 8]
+  lines = build_tfrecords.summary_lines(info, str(out))
+  assert 'Audio only (--modalities=audio): every record has an empty visual sequence (0 frames).' in lines
+  assert lines[-1].startswith('WARNING:') and '--vggish_handle=random' in lines[-1] and 'vgg16' not in lines[-1]
+  with pytest.raises(build_tfrecords.BuildError, match='--modalities=visual cannot be built'):
+    build_tfrecords.build(str(input_dir), str(tmp_path / 'other'), **dict(settings, modalities='visual'))
+
+
+def test_audio_only_dataset_from_the_real_sample_wavs(cache_dir, tmp_path):
+  sample = os.path.join(REPO_ROOT, '..', 'shared', 'data', 'ravdess-sample')
+  if not os.path.isdir(sample):
+    pytest.skip('the real RAVDESS sample (../shared/data/ravdess-sample) is not here')
+  settings = _settings(cache_dir, modalities='audio', num_shards=1, num_workers=0, max_clips=6)
+  info = build_tfrecords.build(sample, str(tmp_path / 'out'), **settings)
+  # 120 wavs of two actors, 16 of them calm; the AV mp4 is the same recording as one of the wavs.
+  assert info['discovery'] == {'clips_found': 120, 'clips_usable': 104, 'clips_selected': 6}
+  assert info['num_clips'] == 6 and info['skipped'] == [] and info['filtered'] == {'song': 0, 'calm': 16}
+  contexts = _check_audio_only_records(tmp_path / 'out', 1)
+  assert all(c['audio_source'].startswith('audio/Actor_0') for c in contexts)

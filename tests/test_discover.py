@@ -131,3 +131,30 @@ def test_select_evenly_and_fingerprint(tmp_path):
   assert [c.name.emotion_code for c in picked] == [1, 4, 6]
   assert discover.fingerprint(clips) == discover.fingerprint(list(clips))
   assert discover.fingerprint(clips) != discover.fingerprint(clips[1:])
+
+
+def test_audio_only_pairing_and_filtered_clips_counted_once(tmp_path):
+  _touch(
+    tmp_path,
+    'Audio_Speech_Actors_01-24/Actor_01/03-01-03-01-01-01-01.wav',  # A wav alone is a clip.
+    'Video_Speech_Actor_02/Actor_02/01-01-05-02-02-02-02.mp4',  # AV alone: its audio track.
+    'Video_Speech_Actor_02/Actor_02/02-01-07-01-01-01-02.mp4',  # VO alone: no sound at all.
+    # One calm recording in all three files counts as one clip left out.
+    'Video_Speech_Actor_02/Actor_02/01-01-02-01-01-01-02.mp4',
+    'Video_Speech_Actor_02/Actor_02/02-01-02-01-01-01-02.mp4',
+    'Actor_02/03-01-02-01-01-01-02.wav',
+  )
+  clips, skipped, filtered = discover.discover(str(tmp_path), modalities=('audio',))
+  clips = _by_id(clips)
+  assert sorted(clips) == ['01-03-01-01-01-01', '01-05-02-02-02-02']
+  assert clips['01-03-01-01-01-01'].video_source == ''
+  assert clips['01-03-01-01-01-01'].audio_source == 'Audio_Speech_Actors_01-24/Actor_01/03-01-03-01-01-01-01.wav'
+  assert clips['01-03-01-01-01-01'].name.emotion_code == 3
+  assert clips['01-05-02-02-02-02'].audio_source.endswith('/01-01-05-02-02-02-02.mp4')
+  assert [s['kind'] for s in skipped] == ['no audio source'] and filtered == {'song': 0, 'calm': 1}
+  assert discover.count_found(list(clips.values()), skipped, filtered) == 4
+  # With video, the lone wav is a clip without a video source.
+  clips, skipped, _ = discover.discover(str(tmp_path))
+  assert [c.clip_id for c in clips] == ['01-05-02-02-02-02']
+  assert sorted(s['kind'] for s in skipped) == ['no audio source', 'no video source']
+  assert discover.count_found(clips, skipped, filtered) == 4

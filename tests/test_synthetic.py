@@ -9,6 +9,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+import soundfile
 
 from data_prep import synthetic
 from emojax import ravdess
@@ -143,7 +144,15 @@ def test_same_seed_same_clip_other_seed_other_clip(tmp_path):
 
 def _speech_features(path):
   """(loudness, pitch in Hz) while speaking: RMS and median autocorrelation pitch of 20 ms frames."""
-  samples, sample_rate = _audio(path)
+  return _speech_features_of(*_audio(path))
+
+
+def _speech_features_of_wav(path):
+  samples, sample_rate = soundfile.read(path, dtype='float32')
+  return _speech_features_of(samples, sample_rate)
+
+
+def _speech_features_of(samples, sample_rate):
   frame = sample_rate // 50
   frames = samples[: len(samples) // frame * frame].reshape(-1, frame)
   rms = np.sqrt(np.mean(frames**2, axis=1))
@@ -230,6 +239,12 @@ def test_cli_says_synthetic(tmp_path, capsys):
   line = capsys.readouterr().out.strip()
   assert 'Wrote 2 SYNTHETIC' in line and str(tmp_path) in line and 'not real RAVDESS' in line
   assert len(list(tmp_path.glob('Actor_01/01-01-*.mp4'))) == 2
+  synthetic.main([f'--recording={tmp_path / "talk.wav"}', '--seconds=3'])
+  line = capsys.readouterr().out.strip()
+  assert 'SYNTHETIC recording' in line and 'neutral 0-1 s, anger 1-2 s, happiness 2-3 s' in line
+  assert soundfile.info(str(tmp_path / 'talk.wav')).duration == 3.0
+  with pytest.raises(SystemExit):
+    synthetic.main([f'--recording={tmp_path / "x.wav"}', f'--output_dir={tmp_path}'])
 
 
 def test_cli_runs_as_a_module(tmp_path):
@@ -250,3 +265,51 @@ def test_cli_runs_as_a_module(tmp_path):
     check=False,
   )
   assert bad.returncode != 0 and 'even' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+def test_recording_changes_emotion_at_the_given_times(tmp_path):
+  """Neutral, then anger from 3 s, then sadness from 6 s: the voice follows, and the file is deterministic."""
+  path = str(tmp_path / 'talk.wav')
+  segments = synthetic.write_recording(path, emotion_codes=(1, 5, 4), change_times=(3.0, 6.0), seconds=9.0)
+  assert segments == [(0.0, 3.0, 'neutral', 1), (3.0, 6.0, 'anger', 5), (6.0, 9.0, 'sadness', 4)]
+  samples, sample_rate = soundfile.read(path, dtype='float32')
+  assert (sample_rate, samples.shape) == (48000, (9 * 48000,))
+  parts = {}
+  for segment in segments:
+    part = tmp_path / f'{segment.emotion}.wav'
+    soundfile.write(str(part), samples[int(segment.start * 48000) : int(segment.end * 48000)], 48000)
+    parts[segment.emotion] = _speech_features_of_wav(str(part))
+  # Loudness and pitch: anger louder and higher than neutral, sadness quieter and lower than anger.
+  assert parts['anger'][0] > 1.5 * parts['neutral'][0] and parts['anger'][1] > 1.1 * parts['neutral'][1]
+  assert parts['sadness'][0] < 0.5 * parts['anger'][0] and parts['sadness'][1] < parts['anger'][1]
+  again = str(tmp_path / 'again.wav')
+  synthetic.write_recording(again, emotion_codes=(1, 5, 4), change_times=(3.0, 6.0), seconds=9.0)
+  assert open(path, 'rb').read() == open(again, 'rb').read()
+
+
+def test_recording_video_kinds(tmp_path):
+  """Portrait, without an audio track, stored sideways: what the frames and streams say."""
+  path = str(tmp_path / 'phone.mp4')
+  synthetic.write_recording(path, emotion_codes=(3,), change_times=(), seconds=1.0, width=120, height=160, audio=False)
+  with av.open(path) as container:
+    assert not container.streams.audio
+    stream = container.streams.video[0]
+    assert (stream.width, stream.height, stream.frames) == (120, 160, 30)
+  turned = str(tmp_path / 'turned.mov')
+  synthetic.write_recording(
+    turned, emotion_codes=(3,), change_times=(), seconds=1.0, width=120, height=160, rotation=90
+  )
+  with av.open(turned) as container:
+    frame = next(container.decode(video=0))
+    assert (frame.width, frame.height, frame.rotation) == (160, 120, 90) and container.streams.audio
+
+
+def test_write_recording_rejects_bad_settings(tmp_path):
+  with pytest.raises(ValueError, match='one between each two'):
+    synthetic.write_recording(str(tmp_path / 'a.wav'), emotion_codes=(1, 5), change_times=(), seconds=4.0)
+  with pytest.raises(ValueError, match='increasing times inside'):
+    synthetic.write_recording(str(tmp_path / 'a.wav'), emotion_codes=(1, 5), change_times=(5.0,), seconds=4.0)
+  with pytest.raises(ValueError, match='not a RAVDESS emotion code'):
+    synthetic.write_recording(str(tmp_path / 'a.wav'), emotion_codes=(9,), change_times=(), seconds=1.0)
+  with pytest.raises(ValueError, match=r"not '\.avi'"):
+    synthetic.write_recording(str(tmp_path / 'a.avi'), seconds=1.0)

@@ -229,3 +229,72 @@ def test_zero_byte_and_audio_only_files_raise_value_error(tmp_path):
     video.extract_faces(str(wav))
   with pytest.raises(ValueError, match='missing.mp4'):
     video.extract_faces(str(tmp_path / 'missing.mp4'))
+
+
+@pytest.mark.parametrize('fps', [45.0, 29.97, 10.0, 7.3])
+@pytest.mark.parametrize('declared', [True, False])
+def test_target_sampler_streams_target_frame_indices(fps, declared):
+  """Pushed one time at a time, the sampler assigns what target_frame_indices computes at once."""
+  rng = np.random.default_rng(int(fps * 10) + declared)
+  for _ in range(20):
+    steps = rng.choice([0.0, 1 / 60, 1 / 30, 1 / 29.97, 0.05, 0.2], size=rng.integers(1, 80))
+    times = np.concatenate([[0.0], np.cumsum(steps)])  # Repeated timestamps included.
+    # A declared duration may end anywhere; without one, it is where the decoded frames end.
+    duration = times[-1] + (rng.choice([1 / 30, 0.0, -0.1, 0.5]) if declared else 1 / 30)
+    expected = video.target_frame_indices(times, fps, duration)
+    sampler = video.TargetSampler(fps, video.num_targets(duration, fps) if declared else None)
+    decided = []
+    for time in times:
+      decided += sampler.push(float(time))
+      # Frames are let go in order, and only once no later target can take them.
+      assert [frame for frame, _ in decided] == list(range(len(decided)))
+    decided += sampler.finish(video.num_targets(duration, fps))
+    np.testing.assert_array_equal(sampler.source_index, expected)
+    assert [frame for frame, sampled in decided if sampled] == sorted(set(expected.tolist()))
+    assert len(decided) == len(times)
+
+
+def test_frames_waiting_for_a_box_stay_within_the_memory_budget(two_tone_clip):
+  """Frames 0-9 wait for frame 10's box; a budget of 3 frames forces a second decode for the rest."""
+  kept = video.extract_faces(two_tone_clip, fps=45.0, image_size=48, detector=_FakeDetector())
+  frame_bytes = WIDTH * HEIGHT
+  tight = video.extract_faces(
+    two_tone_clip, fps=45.0, image_size=48, detector=_FakeDetector(), max_pending_bytes=3 * frame_bytes
+  )
+  assert kept.redecoded_frames == 0 and kept.peak_pending_bytes >= 10 * frame_bytes
+  assert tight.redecoded_frames >= 7 and tight.peak_pending_bytes <= 4 * frame_bytes
+  np.testing.assert_array_equal(tight.crops, kept.crops)
+  np.testing.assert_array_equal(tight.boxes, kept.boxes)
+  np.testing.assert_array_equal(tight.frame_index, kept.frame_index)
+  # Boxes in source pixels: frames up to the midpoint take frame 10's, later ones frame 90's.
+  assert tuple(kept.boxes[0]) == tuple(kept.boxes[49]) == (20, 40, 100, 100)
+  assert tuple(kept.boxes[51]) == tuple(kept.boxes[-1]) == (200, 40, 100, 100)
+  assert kept.detected.sum() == 2 and kept.detected[10] and kept.detected[90]
+  # No face anywhere: every frame waits to the end, the spilled ones keep their centre crops.
+  faceless = video.extract_faces(two_tone_clip, fps=45.0, image_size=48, max_pending_bytes=3 * frame_bytes)
+  reference = video.extract_faces(two_tone_clip, fps=45.0, image_size=48)
+  assert not faceless.face_found and faceless.redecoded_frames == 0
+  np.testing.assert_array_equal(faceless.crops, reference.crops)
+  assert (faceless.boxes == [40, 0, 240, 240]).all()
+
+
+def test_rotated_phone_video_is_turned_upright(tmp_path):
+  """A portrait video stored sideways with a display rotation, as phones write it."""
+  upright = np.full([96, 64], 200, np.uint8)  # Portrait: 64 wide, 96 high.
+  upright[16:32, :32] = 20  # A dark block at the top left of the centre square.
+  path = tmp_path / 'phone.mp4'
+  with av.open(str(path), mode='w', format='mp4') as container:
+    stream = container.add_stream('libx264', rate=30)
+    stream.width, stream.height, stream.pix_fmt = 96, 64, 'yuv420p'
+    stream.set_display_rotation(90)
+    stored = np.ascontiguousarray(np.rot90(upright, k=-1))  # Turned clockwise; the player turns it back.
+    for index in range(15):
+      frame = av.VideoFrame.from_ndarray(np.repeat(stored[:, :, None], 3, axis=2), format='rgb24')
+      frame.pts = index
+      container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+  faces = video.extract_faces(str(path), fps=30.0, image_size=32)
+  assert (faces.width, faces.height, faces.rotation) == (64, 96, 90)
+  assert tuple(faces.boxes[0]) == (0, 16, 64, 64)  # The centre square of the upright frame.
+  crop = faces.crops[0, :, :, 0]  # [32, 32]: the dark block is its top-left quarter.
+  assert crop[2, 2] < 60 and crop[2, 29] > 150 and crop[29, 2] > 150
