@@ -48,7 +48,8 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument('--data_dir', help='schema-v1 TFRecords (data_prep output or fake records)')
   parser.add_argument('--fake', action='store_true', help='write a RAVDESS-sized FAKE set into --work_dir and use it')
   parser.add_argument('--fake_frames', default='40,80', help='frame range of the fake clips')
-  parser.add_argument('--fake_separation', type=float, default=0.6, help='class signal of the fake clips')
+  parser.add_argument('--fake_separation', type=float, default=0.25, help='class signal of the fake clips (audio)')
+  parser.add_argument('--fake_visual_separation', type=float, default=0.15, help='class signal of the fake frames')
   parser.add_argument('--config', default=os.path.join(REPO, 'configs', 'stack.py'), help='emojax config file')
   parser.add_argument('--override', action='append', default=[], help='config override KEY=VALUE (repeatable)')
   parser.add_argument('--seeds', default='0,1,2')
@@ -163,7 +164,7 @@ def main():
   data_dir = args.data_dir
   if args.fake:
     low, high = (int(x) for x in args.fake_frames.split(','))
-    data_dir = os.path.join(args.work_dir, f'fake_{low}_{high}_{args.fake_separation}')
+    data_dir = os.path.join(args.work_dir, f'fake_{low}_{high}_{args.fake_separation}_{args.fake_visual_separation}')
     if not os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
       fake_records.write_fake_dataset(
         data_dir,
@@ -173,6 +174,7 @@ def main():
         max_frames=high,
         num_shards=8,
         separation=args.fake_separation,
+        visual_separation=args.fake_visual_separation,
       )
   if not data_dir:
     raise SystemExit('parity: pass --data_dir=TFRECORDS or --fake.')

@@ -41,16 +41,20 @@ if __package__ in (None, ''):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
+import dataclasses
 import statistics
 import time
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import default as default_config
-from emojax import experiment, input_pipeline, models, ravdess, schema, train
+from emojax import experiment, input_pipeline, models, partitions, ravdess, schema, train
 
 MIN_FRAMES, MAX_FRAMES = 140, 180  # Synthetic clip lengths (RAVDESS at 45 fps: ~135-240).
 MODELS = tuple(models.MODELS)
@@ -58,6 +62,13 @@ MODELS = tuple(models.MODELS)
 
 def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument(
+    '--mode',
+    choices=('epochs', 'lstm', 'folds'),
+    default='epochs',
+    help='epochs: each model and the stack against Keras; lstm: A/B of LSTM implementations and members; '
+    'folds: six EmoBox folds of the visual LSTM as members against a Keras loop',
+  )
   parser.add_argument('--epochs', type=int, default=3, help='timed epochs per model and framework')
   parser.add_argument('--num_clips', type=int, default=1248, help='synthetic clips (RAVDESS speech, 7 classes: 1,248)')
   parser.add_argument('--batch_size', type=int, default=None, help="default: configs/default.py's batch_size")
@@ -66,6 +77,7 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument('--max_frames', type=int, default=None, help="stored length; default: config's data.max_frames")
   parser.add_argument('--threads', type=int, default=os.cpu_count(), help='TensorFlow intra- and inter-op threads')
   parser.add_argument('--skip_keras', action='store_true', help='time emojax alone (no comparison)')
+  parser.add_argument('--members', type=int, default=6, help='--mode=lstm: members of the vmapped run')
   parser.add_argument('--seed', type=int, default=0)
   return parser.parse_args()
 
@@ -74,9 +86,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def synthetic_clips(num_clips: int, max_frames: int, num_audio_frames: int, seed: int) -> dict:
-  """RAVDESS-sized SYNTHETIC clips laid out as `input_pipeline.load_clips` returns them."""
+  """RAVDESS-sized SYNTHETIC clips laid out as `input_pipeline.load_clips` returns them, dealt to 24 actors."""
   rng = np.random.default_rng(seed)
-  label = rng.integers(0, ravdess.NUM_CLASSES, num_clips).astype(np.int32)
+  label = np.arange(num_clips, dtype=np.int32) % ravdess.NUM_CLASSES
+  actor = (np.arange(num_clips) // ravdess.NUM_CLASSES) % ravdess.NUM_ACTORS + 1
   num_frames = rng.integers(MIN_FRAMES, min(MAX_FRAMES, max_frames) + 1, num_clips).astype(np.int32)
   visual_means = rng.standard_normal((ravdess.NUM_CLASSES, schema.VISUAL_DIM), np.float32)
   audio_means = rng.standard_normal((ravdess.NUM_CLASSES, num_audio_frames, schema.AUDIO_DIM), np.float32)
@@ -84,7 +97,8 @@ def synthetic_clips(num_clips: int, max_frames: int, num_audio_frames: int, seed
   for i, length in enumerate(num_frames):
     visual[i, :length] = 0.3 * visual_means[label[i]] + rng.standard_normal((length, schema.VISUAL_DIM), np.float32)
   audio = 0.3 * audio_means[label] + rng.standard_normal((num_clips, num_audio_frames, schema.AUDIO_DIM), np.float32)
-  return {'visual': visual, 'num_frames': num_frames, 'audio': audio, 'label': label}
+  gender = np.array([ravdess.gender_of(int(a)) for a in actor], np.int32)
+  return {'visual': visual, 'num_frames': num_frames, 'audio': audio, 'label': label, 'actor': actor, 'gender': gender}
 
 
 def lstm_train_flops(time_steps: int, batch_size: int, input_dim: int, lstm_sizes) -> float:
@@ -130,20 +144,37 @@ class Timer:
 # ----------------------------------------------------------------------------- emojax
 
 
-class EmojaxRunner:
-  """One model trained with emojax's own config, state, step and input pipeline."""
+def one_member(split: dict, config, name: str):
+  """All of `split` as the training data of one member, shuffled per epoch as `emojax.experiment` shuffles it."""
+  shuffle = (config.seed, 2, experiment.stage_index(name), 0)
+  return input_pipeline.MemberData(split, np.arange(len(split['label'])), shuffle_seed=shuffle)
 
-  def __init__(self, name: str, config, split: dict, mesh, epochs: int):
-    self.name, self.config, self.split, self.mesh, self.epochs = name, config, split, mesh, epochs
+
+class EmojaxRunner:
+  """K members of one model trained with emojax's own config, state, vmapped step and input pipeline."""
+
+  def __init__(self, name: str, config, data: list, mesh, epochs: int, model=None):
+    """Builds and compiles (timed as `compile_seconds`).
+
+    Args:
+      name: the model ('audio', 'visual', 'stacker').
+      config: an emojax config.
+      data: one `input_pipeline.MemberData` per member.
+      mesh: `train.make_mesh()`.
+      epochs: the epochs that will be timed (each batch shape they see is compiled here).
+      model: a module to use instead of `models.build_model(name, ...)` (A/B of implementations).
+    """
+    self.name, self.config, self.data, self.mesh, self.epochs = name, config, data, mesh, epochs
     self.keys = models.MODELS[name].inputs
-    self.train_fn, _, _ = train.jitted_steps(mesh)
-    self.dropout_rng = jax.random.key(config.seed + 1)
+    self.train_fn, _, _, _ = train.jitted_steps(mesh)
+    self.active = np.ones(len(data), bool)
     with Timer() as timer:
-      model = models.build_model(name, config.model)
+      model = model or models.build_model(name, config.model)
       example_batch = next(self._batches(epoch=0))
-      state = train.create_train_state(config.optimizer, model, jax.random.key(config.seed), example_batch)
-      # Replicated as in `train.fit`, so the first timed step does not compile again.
-      self.state = jax.device_put(state, NamedSharding(mesh, P()))
+      keys = jax.random.split(jax.random.key(config.seed), len(data))
+      state = train.create_member_states(config.optimizer, model, keys, example_batch)
+      # Split on the member axis as in `train.fit`, so the first timed step does not compile again.
+      self.state = jax.device_put(state, NamedSharding(mesh, P('members')))
       # The epoch's code path once on one batch of each shape the timed epochs will see
       # (visual: one per time bucket), so that every step and metric op is compiled.
       self._train(self._one_batch_per_shape())
@@ -151,13 +182,8 @@ class EmojaxRunner:
     self.last_metrics = None
 
   def _batches(self, epoch: int):
-    return input_pipeline.batches(
-      self.split,
-      self.config.batch_size,
-      keys=self.keys,
-      shuffle_seed=(self.config.seed, 2, experiment.stage_index(self.name)),
-      epoch=epoch,
-      time_bucket=self.config.data.time_bucket,
+    return input_pipeline.member_batches(
+      self.data, self.config.batch_size, keys=self.keys, epoch=epoch, time_bucket=self.config.data.time_bucket
     )
 
   def _one_batch_per_shape(self):
@@ -172,13 +198,14 @@ class EmojaxRunner:
   def _train(self, batches) -> dict:
     train_metrics = None
     for batch in batches:
-      self.state, batch_metrics = self.train_fn(self.state, train.to_device(batch, self.mesh), self.dropout_rng)
+      self.state, batch_metrics = self.train_fn(self.state, train.to_device(batch, self.mesh), self.active)
       train_metrics = batch_metrics if train_metrics is None else train_metrics.merge(batch_metrics)
-    return {key: float(value) for key, value in train_metrics.compute().items() if np.ndim(value) == 0}
+    computed = train.compute_members(train_metrics)
+    return {key: float(np.mean(value)) for key, value in computed.items() if np.ndim(value) == 1}
 
   def visual_steps_per_epoch(self) -> int:
     """Frames the LSTM steps through per epoch, summed over batches (each cut to its bucket)."""
-    return sum(batch['visual'].shape[1] for batch in self._batches(1))
+    return sum(batch['visual'].shape[2] for batch in self._batches(1))
 
   def epoch(self, epoch: int) -> Timer:
     with Timer() as timer:
@@ -186,10 +213,12 @@ class EmojaxRunner:
     return timer
 
   def features(self) -> np.ndarray:
-    batches = input_pipeline.batches(
-      self.split, self.config.batch_size, keys=self.keys, time_bucket=self.config.data.time_bucket
+    """Member 0's penultimate features of its rows, in order."""
+    unshuffled = [dataclasses.replace(data, shuffle_seed=None) for data in self.data]
+    batches = input_pipeline.member_batches(
+      unshuffled, self.config.batch_size, keys=self.keys, time_bucket=self.config.data.time_bucket
     )
-    return train.penultimate_features(self.state, batches, self.mesh, len(self.split['label']))
+    return train.predict(self.state, batches, self.mesh, [len(d.indices) for d in self.data])[0]['penultimate']
 
 
 # ----------------------------------------------------------------------------- Keras
@@ -349,6 +378,94 @@ def print_table(results: dict, num_clips: int, epochs: int) -> None:
   )
 
 
+class LegacyVisualLSTM(nn.Module):
+  """emojax's visual model before Keras' initialisers and the hand-written gradient: Flax's nn.RNN over
+  OptimizedLSTMCell, `seq_lengths` masking. Kept here only as the baseline of `--mode=lstm`."""
+
+  lstm_sizes: tuple = (200, 100)
+  num_classes: int = ravdess.NUM_CLASSES
+
+  @nn.compact
+  def __call__(self, batch: dict, *, train: bool):
+    visual = jnp.asarray(batch['visual'], jnp.float32)
+    num_frames = jnp.maximum(jnp.asarray(batch['num_frames'], jnp.int32), 1)
+    is_real = jnp.arange(visual.shape[1])[None, :] < num_frames[:, None]
+    x = jnp.where(is_real[..., None], visual, 0.0)
+    for i, size in enumerate(self.lstm_sizes):
+      lstm = nn.RNN(nn.OptimizedLSTMCell(features=size, name=f'lstm_{i}'), return_carry=True)
+      (_, last_hidden), x = lstm(x, seq_lengths=num_frames)
+    return nn.Dense(self.num_classes, name='head')(last_hidden), last_hidden
+
+
+def alternate(runners: dict, epochs: int) -> dict:
+  """Epochs of each runner in turn (A B C A B C ...); returns each one's median epoch seconds."""
+  walls = {name: [] for name in runners}
+  for epoch in range(1, epochs + 1):
+    for name, runner in runners.items():
+      walls[name].append(runner.epoch(epoch).wall)
+    print('  epoch ' + str(epoch) + ': ' + ', '.join(f'{n} {w[-1]:.2f} s' for n, w in walls.items()), flush=True)
+  return {name: statistics.median(values) for name, values in walls.items()}
+
+
+def lstm_mode(args, config, clips, mesh) -> None:
+  """One member's visual LSTM: the old Flax layer, the new scan under autodiff, the hand-written gradient; and K members."""
+  visual = config.model.visual
+  variants = {
+    'flax nn.RNN (before)': LegacyVisualLSTM(tuple(visual.lstm_sizes)),
+    'scan, autodiff': models.VisualLSTM(tuple(visual.lstm_sizes), scan=models.lstm_scan_autodiff),
+    'scan, custom_vjp': models.VisualLSTM(tuple(visual.lstm_sizes), scan=models.lstm_scan),
+  }
+  member = one_member(clips, config, 'visual')
+  runners = {}
+  for name, model in variants.items():
+    runners[name] = EmojaxRunner('visual', config, [member], mesh, args.epochs, model=model)
+    print(f'{name}: compiled in {runners[name].compile_seconds:.1f} s', flush=True)
+  members = [dataclasses.replace(member, shuffle_seed=(config.seed, 2, 1, k)) for k in range(args.members)]
+  runners[f'{args.members} members, custom_vjp'] = EmojaxRunner('visual', config, members, mesh, args.epochs)
+  medians = alternate(runners, args.epochs)
+  base = medians['flax nn.RNN (before)']
+  print(f'\nvisual LSTM, one epoch of {args.num_clips} clips (median of {args.epochs}); speed-up over the old layer:')
+  for name, seconds in medians.items():
+    per_member = seconds / (args.members if 'members' in name else 1)
+    print(f'  {name:28s} {seconds:7.2f} s   per member {per_member:6.2f} s   {base / per_member:5.2f}x')
+
+
+def folds_mode(args, config, clips, mesh) -> None:
+  """Six EmoBox folds of the visual LSTM: six members in one program against Keras' fit looped over the folds."""
+  fold_config = ml_collections.ConfigDict(config.to_dict())
+  fold_config.models = ('visual',)  # No stacker: each fold's base partition is every actor it does not test.
+  fold_config.data.protocol = 'actor_folds'
+  folds = partitions.make_folds(clips, fold_config)
+  data = [
+    input_pipeline.MemberData(clips, fold.parts['base_train'], shuffle_seed=(config.seed, 2, 1, fold.index))
+    for fold in folds
+  ]
+  print(f'{len(folds)} folds, base partitions of {[len(d.indices) for d in data]} clips', flush=True)
+  with Timer() as one:
+    runner = EmojaxRunner('visual', config, data[:1], mesh, args.epochs)
+    for epoch in range(1, args.epochs + 1):
+      runner.epoch(epoch)
+  print(f'emojax, one member (fold 0): {one.wall:.1f} s (compile {runner.compile_seconds:.1f} s)', flush=True)
+  with Timer() as six:
+    runner = EmojaxRunner('visual', config, data, mesh, args.epochs)
+    for epoch in range(1, args.epochs + 1):
+      runner.epoch(epoch)
+  print(f'emojax, {len(data)} members in one program: {six.wall:.1f} s (compile {runner.compile_seconds:.1f} s)')
+  if args.skip_keras:
+    return
+  longest = int(clips['num_frames'].max())
+  with Timer() as loop:
+    for fold_data in data:
+      inputs = np.ascontiguousarray(clips['visual'][fold_data.indices, :longest])
+      model = build_keras_model('visual', config.model, config.optimizer, longest)
+      model.fit(inputs, clips['label'][fold_data.indices], batch_size=config.batch_size, epochs=args.epochs, verbose=0)
+  print(f'Keras model.fit looped over the {len(data)} folds: {loop.wall:.1f} s (build and compile included)')
+  print(
+    f'\n{args.epochs} epochs per fold, compile included: Keras loop / emojax members {loop.wall / six.wall:.2f}x; '
+    f'emojax {len(data)} members / one member {six.wall / one.wall:.2f}x'
+  )
+
+
 def main():
   args = parse_args()
   config = default_config.get_config()
@@ -391,6 +508,10 @@ def main():
   print(f'data: {data_timer.wall:.1f} s', flush=True)
 
   mesh = train.make_mesh()
+  if args.mode != 'epochs':
+    {'lstm': lstm_mode, 'folds': folds_mode}[args.mode](args, config, clips, mesh)
+    print(f'load average at end {os.getloadavg()[0]:.1f}')
+    return
   results = {'emojax': {}} if args.skip_keras else {'emojax': {}, 'keras': {}}
   keras_inputs = {'audio': clips['audio'], 'visual': keras_visual}
   runners = {}
@@ -399,7 +520,7 @@ def main():
       print(f'{name}: compiling', flush=True)
       runners[name] = run_stage(
         name,
-        lambda name=name: EmojaxRunner(name, config, clips, mesh, args.epochs),
+        lambda name=name: EmojaxRunner(name, config, [one_member(clips, config, name)], mesh, args.epochs),
         None if args.skip_keras else lambda name=name: KerasRunner(name, config, keras_inputs[name], clips['label']),
         args.epochs,
         results,
@@ -412,7 +533,9 @@ def main():
     print('stacker: compiling', flush=True)
     runners['stacker'] = run_stage(
       'stacker',
-      lambda: EmojaxRunner('stacker', config, stacker_splits['emojax'], mesh, args.epochs),
+      lambda: EmojaxRunner(
+        'stacker', config, [one_member(stacker_splits['emojax'], config, 'stacker')], mesh, args.epochs
+      ),
       None
       if args.skip_keras
       else lambda: KerasRunner('stacker', config, stacker_splits['keras']['features'], clips['label']),

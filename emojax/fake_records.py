@@ -55,6 +55,7 @@ def write_fake_dataset(
   num_shards: int = 2,
   seed: int = 0,
   separation: float = 1.0,
+  visual_separation: float | None = None,
   fps: float = 45.0,
   modalities: tuple[str, ...] = ('audio', 'visual'),
   calm_clips_per_actor: int = 0,
@@ -71,6 +72,9 @@ def write_fake_dataset(
     num_shards: clips are dealt to shards round-robin.
     seed: everything random derives from it; the same arguments give the same files.
     separation: length of the class signal relative to unit noise per feature.
+    visual_separation: the visual class signal's length, when it should differ from the
+      audio's (`separation`): the visual stream averages many frames, so the same length
+      makes it far easier to learn.
     fps: recorded in the context and in `settings`.
     modalities: the embeddings written, as `build_tfrecords.py --modalities`: a clip of a
       build without 'visual' has 0 frames, one without 'audio' 0 rows.
@@ -125,7 +129,7 @@ def write_fake_dataset(
         # The expression rises and falls over the clip, as a face does.
         envelope = np.sin(np.pi * (np.arange(num_frames) + 0.5) / num_frames)[:, None]  # [frames, 1]
         visual = (
-          separation * envelope * visual_directions[direction]
+          (separation if visual_separation is None else visual_separation) * envelope * visual_directions[direction]
           + actor_offsets_visual[actor_index]
           + rng.normal(size=(num_frames, schema.VISUAL_DIM)) / np.sqrt(schema.VISUAL_DIM) * 4.0
         ).astype(np.float32)  # [frames, 512]
@@ -170,6 +174,7 @@ def write_fake_dataset(
       'fps': fps,
       'num_audio_frames': num_audio_frames,
       'separation': separation,
+      'visual_separation': separation if visual_separation is None else visual_separation,
       'seed': seed,
       'modalities': list(modalities),
     },
