@@ -50,7 +50,9 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument('--fake_frames', default='40,80', help='frame range of the fake clips')
   parser.add_argument('--fake_separation', type=float, default=0.25, help='class signal of the fake clips (audio)')
   parser.add_argument('--fake_visual_separation', type=float, default=0.15, help='class signal of the fake frames')
-  parser.add_argument('--config', default=os.path.join(REPO, 'configs', 'stack.py'), help='emojax config file')
+  parser.add_argument(
+    '--config', default=os.path.join(REPO, 'configs', 'stack.py'), help='emojax config file, optionally FILE:ARG'
+  )
   parser.add_argument('--override', action='append', default=[], help='config override KEY=VALUE (repeatable)')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--work_dir', default=os.path.join(tempfile.gettempdir(), 'emojax_parity'))
@@ -63,10 +65,11 @@ def load_config(args, data_dir: str, seed: int):
 
   import ml_collections
 
-  spec = importlib.util.spec_from_file_location('parity_config', args.config)
+  path, _, argument = args.config.partition(':')  # configs/stack.py:demo, as --config takes it.
+  spec = importlib.util.spec_from_file_location('parity_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config(argument or None)
   config.data.dir = data_dir
   config.seed = seed
   config.log_every_secs = 1e9

@@ -10,7 +10,7 @@ input pipeline stores them), 5 VGGish rows (128-D) and a label; each class adds 
 to the noise so both frameworks have something to learn.
 
 emojax side: the real training path, `configs/default.py` -> `models.build_model` ->
-`train.create_train_state`, the jitted `train.train_step` (as `train.py` jits it for the
+`train.create_member_states`, the jitted `train.train_step` (as `train.py` jits it for the
 mesh) fed by `input_pipeline.batches` (each batch's time axis cut to its longest clip rounded
 up to `data.time_bucket`), training metrics merged every step as `train.fit` does;
 features with `train.penultimate_features`.

@@ -67,23 +67,31 @@ class TrainState(train_state.TrainState):
 # ----------------------------------------------------------------------------- steps
 
 
-def create_train_state(optimizer_config, model: nn.Module, key: jax.Array, example_batch: dict) -> TrainState:
-  """One member's state: `model` initialised on `example_batch` ([batch, ...]), with Adamax (`config.optimizer`)."""
+def create_train_state(
+  tx: optax.GradientTransformation, model: nn.Module, key: jax.Array, example_batch: dict
+) -> TrainState:
+  """One member's state: `model` initialised on `example_batch` ([batch, ...]), with the optimizer `tx`."""
   params_key, dropout_key = jax.random.split(key)
   params = model.init({'params': params_key, 'dropout': dropout_key}, example_batch, train=False)['params']
   return TrainState.create(
     apply_fn=model.apply,
     params=params,
-    tx=_optimizer(optimizer_config),
+    tx=tx,
     dropout_key=jax.random.key_data(dropout_key),
     best_params=jax.tree.map(jnp.copy, params),  # Its own buffers: the train step donates the state.
   ).replace(step=jnp.zeros((), jnp.int32))  # A strong int32, as a restored checkpoint has.
 
 
 def create_member_states(optimizer_config, model: nn.Module, keys: jax.Array, example_batch: dict) -> TrainState:
-  """K members' states stacked on a leading axis; `keys` [K], `example_batch` [K, batch, ...]."""
+  """K members' states stacked on a leading axis, Adamax as `config.optimizer`; `keys` [K], `example_batch` [K, batch, ...]."""
   member_batch = jax.tree.map(lambda x: x[0], example_batch)
-  return jax.vmap(lambda key: create_train_state(optimizer_config, model, key, member_batch))(keys)
+  return _jitted_create(model, _optimizer(optimizer_config))(keys, member_batch)
+
+
+@functools.cache
+def _jitted_create(model: nn.Module, tx: optax.GradientTransformation):
+  # One compiled program: run op by op, initialising a vmapped LSTM costs more than compiling it.
+  return jax.jit(jax.vmap(functools.partial(create_train_state, tx, model), in_axes=(0, None)))
 
 
 def _optimizer(optimizer_config) -> optax.GradientTransformation:
