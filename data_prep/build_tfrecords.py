@@ -68,6 +68,7 @@ import dataclasses
 import math
 import multiprocessing
 import resource
+import tempfile
 import time
 
 from absl import app, flags, logging
@@ -261,10 +262,10 @@ def _resolve(overrides: dict) -> tuple[dict, dict]:
 def _check_output_dir(output_dir: str) -> None:
   try:
     os.makedirs(output_dir, exist_ok=True)
-    probe = os.path.join(output_dir, write_lib.TMP_PREFIX + f'write-probe-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    # An unnamed file where the file system allows it (O_TMPFILE): not even a run killed right
+    # here leaves a probe behind.
+    with tempfile.TemporaryFile(dir=output_dir) as f:
+      f.write(b'ok')
   except OSError as err:
     raise BuildError(f'Cannot write to --output_dir={output_dir}: {err.strerror or err}.') from err
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +55,17 @@ class StallingJson:
 write.json = StallingJson()
 build_tfrecords._define_flags()
 app.run(build_tfrecords.main, argv=['build_tfrecords.py'] + sys.argv[1:])
+"""
+
+# Holds the lock argv[2] on directory argv[1] for argv[3] seconds, then says whether file
+# argv[4] appeared meanwhile.
+_HOLD = """
+import os, sys, time
+from emojax import lock
+with lock.DirectoryLock(sys.argv[1], name=sys.argv[2]):
+  print('held', flush=True)
+  time.sleep(float(sys.argv[3]))
+  print('appeared' if os.path.exists(sys.argv[4]) else 'absent', flush=True)
 """
 
 
@@ -133,7 +145,7 @@ def reference(tmp_path_factory, stand_in_extractors, cache_dir):
   build_tfrecords.build(str(input_dir), str(output_dir), **settings)
   shards, info = _outputs(output_dir)
   assert len(shards) == NUM_SHARDS and info['num_clips'] == NUM_CLIPS and info['num_skipped'] == 0
-  return {'input_dir': input_dir, 'settings': settings, 'shards': shards, 'info': info}
+  return {'input_dir': input_dir, 'output_dir': output_dir, 'settings': settings, 'shards': shards, 'info': info}
 
 
 def _check_like_reference(output_dir, reference):
@@ -155,16 +167,20 @@ def stalled(reference, tmp_path_factory):
   """A build from the command line that wrote every shard and stopped halfway through dataset_info.json, alive.
 
   It ran uninterrupted up to its very last write, so its 'seconds' are how long a build takes
-  from the command line, the span random kill times are drawn from.
+  from the command line, and 'work_seconds' how much of that came after settings.json (the
+  shards and the merge, once TensorFlow and the extractors are loaded): the spans random kill
+  times are drawn from.
   """
   output_dir = tmp_path_factory.mktemp('stalled')
-  start = time.perf_counter()
+  start, wall_start = time.perf_counter(), time.time()
   process = _start(_command(reference['input_dir'], output_dir, reference['settings'], ('-c', _STALL_IN_DATASET_INFO)))
   try:
     line = process.stdout.readline()
     assert line == 'writing dataset_info.json\n', process.stderr.read() if not line else line
     assert _outputs(output_dir)[0] == reference['shards']
-    yield {'process': process, 'output_dir': output_dir, 'seconds': time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    work_seconds = seconds - (os.stat(output_dir / write_lib.SETTINGS_FILE).st_mtime - wall_start)
+    yield {'process': process, 'output_dir': output_dir, 'seconds': seconds, 'work_seconds': work_seconds}
   finally:
     process.kill()
     process.communicate()
@@ -209,6 +225,19 @@ def test_killed_while_writing_dataset_info_the_rerun_completes(reference, stalle
   assert '(0 built now, 4 kept from an earlier run)' in stdout
 
 
+def test_a_task_ending_while_another_writes_dataset_info_waits_its_turn(reference, tmp_path):
+  output_dir = shutil.copytree(reference['output_dir'], tmp_path / 'out')
+  info_path = output_dir / schema.DATASET_INFO
+  info_path.unlink()  # As if the other tasks had just completed the last shards.
+  command = [sys.executable, '-c', _HOLD, str(output_dir), write_lib.SHARED_FILES_LOCK, '1.5', str(info_path)]
+  other_task = _start(command)
+  assert other_task.stdout.readline() == 'held\n'
+  info = build_tfrecords.build(str(reference['input_dir']), str(output_dir), merge_only=True, **reference['settings'])
+  assert other_task.communicate(timeout=60)[0] == 'absent\n'  # Nothing was written while the other held the lock.
+  assert info['run']['shards_kept'] == NUM_SHARDS
+  _check_like_reference(output_dir, reference)
+
+
 def _kill_and_rerun(reference, output_dir, kill_when, caplog):
   """Starts the build, SIGKILLs it once `kill_when(seconds)` is true, reruns it; returns where it was killed."""
   process = _start(_command(reference['input_dir'], output_dir, reference['settings']))
@@ -243,14 +272,41 @@ def test_killed_mid_shard_the_rerun_is_byte_identical(reference, tmp_path, caplo
   assert where.endswith(f'mid-shard (1 of {NUM_SHARDS} complete)'), where
 
 
+def _after_settings(output_dir, delay):
+  """A kill condition: `delay` seconds after the build wrote settings.json, however long its start took."""
+  seen_at = []
+
+  def kill_when(seconds):
+    if not seen_at and (output_dir / write_lib.SETTINGS_FILE).exists():
+      seen_at.append(seconds)
+    return bool(seen_at) and seconds >= seen_at[0] + delay
+
+  return kill_when
+
+
 def test_killed_at_random_times_the_rerun_is_byte_identical(reference, stalled, tmp_path, caplog):
+  """Every other kill point falls anywhere in a build; the others in its work after the start.
+
+  Loading TensorFlow and the extractors takes most of a build of a few clips, so kill times
+  over the whole build mostly land in the start; times counted from settings.json land
+  among the shards and the merge, whatever the load on the machine made the start cost.
+  """
   rng = random.Random(KILL_SEED)
   points = []
   for i in range(NUM_RANDOM_KILLS):
-    kill_at = rng.uniform(0, stalled['seconds'])
-    kill_when = lambda seconds, kill_at=kill_at: seconds >= kill_at
-    points.append(_kill_and_rerun(reference, tmp_path / f'out{i}', kill_when, caplog))
-  print(f'\n{len(points)} kill points over {stalled["seconds"]:.1f} s, each rerun like the reference:', *points)
+    output_dir = tmp_path / f'out{i}'
+    if i % 2 == 0:
+      kill_at = rng.uniform(0, stalled['seconds'])
+      kill_when = lambda seconds, kill_at=kill_at: seconds >= kill_at
+    else:
+      kill_when = _after_settings(output_dir, rng.uniform(0, stalled['work_seconds']))
+    points.append(_kill_and_rerun(reference, output_dir, kill_when, caplog))
+  print(
+    f'\n{len(points)} kill points (build {stalled["seconds"]:.1f} s, {stalled["work_seconds"]:.1f} s after its start),',
+    'each rerun like the reference:',
+    *points,
+    sep='\n  ',
+  )
   assert len(points) == NUM_RANDOM_KILLS
 
 
