@@ -1,13 +1,15 @@
 """data_prep/build_tfrecords.py under faults: killed anywhere, started twice, fanned out at once.
 
-Every build here runs the command line on the same few SYNTHETIC clips with the offline
-stand-in extractors, and is compared with one uninterrupted build (`reference`): shards byte
-for byte, dataset_info.json apart from its 'run' timings.
+The builds run the command line on a few SYNTHETIC clips with the offline stand-in
+extractors, and end compared with one uninterrupted build (`reference`): shards byte for
+byte, dataset_info.json apart from its 'run' timings.
 
-Kill points: one while a shard is being written, one while dataset_info.json is being
-written, and EMOJAX_KILL_POINTS (default 2) at seeded random times over the measured
-duration of the uninterrupted build; each is followed by a rerun of the same build, which
-must complete with the reference's outputs.
+Kill points (SIGKILL), each followed by a rerun of the same build that must complete with the
+reference's outputs: one while a shard is being written, one while dataset_info.json is
+being written, and EMOJAX_KILL_POINTS (default 2) at seeded random times drawn over the
+measured duration of an uninterrupted build from the command line. The build killed while
+writing dataset_info.json is also the live build a second one is refused by; two tasks of a
+--num_tasks=2 fan-out start at once into one directory and must end with what one task builds.
 """
 
 import json
