@@ -41,9 +41,17 @@ task that finds every shard complete when it ends writes dataset_info.json; if
 tasks end together or one was rerun, `--merge_only` writes it from the
 summaries without touching any clip.
 
+One run per task: each run holds `OUT/build-task-I-of-N.lock` (`emojax.lock`) while it
+works, so the same task started twice on OUT is refused with the holder's host and pid,
+and so is a build with another --num_tasks (its shards would overlap); the lock of a killed
+run is taken over with a warning. --overwrite and --merge_only are runs like any other.
+settings.json and dataset_info.json, which every task shares, are written under
+`OUT/build-shared.lock`, held only for that moment: tasks that start or end together take
+turns, and each writes the same dataset_info.json apart from its own 'run' section.
+
 Whole-run problems (missing input dir, unwritable output dir, an extractor that
-cannot be loaded, no clips, mismatched settings) print one line on stderr and
-exit with status 1.
+cannot be loaded, no clips, mismatched settings, a live run holding the lock) print one
+line on stderr and exit with status 1.
 """
 
 import os
@@ -55,10 +63,12 @@ if __package__ in (None, ''):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import collections
+import contextlib
 import dataclasses
 import math
 import multiprocessing
 import resource
+import tempfile
 import time
 
 from absl import app, flags, logging
@@ -67,7 +77,7 @@ from data_prep import audio as audio_lib
 from data_prep import discover as discover_lib
 from data_prep import embed as embed_lib
 from data_prep import write as write_lib
-from emojax import schema
+from emojax import lock, schema
 
 # This module must stay free of TensorFlow imports at the top level: 'spawn' workers import
 # the main script, and TensorFlow in each worker would cost seconds and hundreds of MB.
@@ -110,6 +120,11 @@ RUN_DEFAULTS = {
   'progress': True,
 }
 STAGES = ('decode', 'face', 'audio', 'vgg16', 'vggish', 'write')
+# Recorded in the lock files and named to a refused run.
+LOCK_PURPOSE = 'build_tfrecords'
+# How long a task waits for another to finish writing settings.json or dataset_info.json (a
+# fraction of a second normally) before it takes that other task for hung.
+SHARED_FILES_WAIT_SECONDS = 60.0
 
 
 class BuildError(Exception):
@@ -247,10 +262,10 @@ def _resolve(overrides: dict) -> tuple[dict, dict]:
 def _check_output_dir(output_dir: str) -> None:
   try:
     os.makedirs(output_dir, exist_ok=True)
-    probe = os.path.join(output_dir, write_lib.TMP_PREFIX + f'write-probe-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    # An unnamed file where the file system allows it (O_TMPFILE): not even a run killed right
+    # here leaves a probe behind.
+    with tempfile.TemporaryFile(dir=output_dir) as f:
+      f.write(b'ok')
   except OSError as err:
     raise BuildError(f'Cannot write to --output_dir={output_dir}: {err.strerror or err}.') from err
 
@@ -297,6 +312,7 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
   Raises:
     BuildError: a whole-run problem (one clear sentence).
     write.SettingsMismatchError: `output_dir` holds a build with other settings.
+    lock.LockedError: this task (--task_index of --num_tasks) is already running on `output_dir`.
   """
   run_start = time.perf_counter()
   settings, options = _resolve(overrides)
@@ -304,6 +320,12 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
     raise BuildError(f'--input_dir={input_dir} does not exist or is not a directory.')
   input_dir = os.path.abspath(input_dir)
   _check_output_dir(output_dir)
+  with _task_lock(output_dir, options['task_index'], options['num_tasks']):
+    return _build(input_dir, output_dir, settings, options, run_start)
+
+
+def _build(input_dir: str, output_dir: str, settings: dict, options: dict, run_start: float) -> dict:
+  """`build` once this task holds its lock."""
   if options['overwrite']:
     write_lib.remove_outputs(output_dir)
 
@@ -335,10 +357,14 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
   }
   write_lib.check_manifest(output_dir, manifest, what=('settings', 'input'), legacy_settings=LEGACY_SETTINGS)
 
-  missing = [k for k in range(num_shards) if not write_lib.is_complete(output_dir, k, num_shards)]
+  missing = _missing_shards(output_dir, num_shards)
   info_path = os.path.join(output_dir, schema.DATASET_INFO)
-  if missing and os.path.exists(info_path):
-    os.remove(info_path)  # It would describe shards that are gone.
+  if missing:
+    with _shared_files_lock(output_dir):
+      # It would describe shards that are gone; asked again under the lock, as another task
+      # may have completed the dataset and merged it since.
+      if os.path.exists(info_path) and _missing_shards(output_dir, num_shards):
+        os.remove(info_path)
   to_build = [k for k in missing if k % options['num_tasks'] == options['task_index']]
 
   counters = {
@@ -362,10 +388,13 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
     manifest['extractors'] = {
       name: extractor.identity for name, extractor in (('vgg16', vgg16), ('vggish', vggish)) if extractor is not None
     }
-    write_lib.check_manifest(output_dir, manifest, what=('extractors',))
     settings_path = os.path.join(output_dir, write_lib.SETTINGS_FILE)
-    if not os.path.exists(settings_path):
-      write_lib.write_json_atomic(settings_path, manifest)
+    with _shared_files_lock(output_dir):
+      # Tasks started together each found no settings.json: the first writes it, and the others
+      # are checked against it here (so two builds with different settings cannot both start).
+      write_lib.check_manifest(output_dir, manifest, legacy_settings=LEGACY_SETTINGS)
+      if not os.path.exists(settings_path):
+        write_lib.write_json_atomic(settings_path, manifest)
 
     shard_clips = {k: clips[k::num_shards] for k in to_build}  # Clip i -> shard i % num_shards.
     embed_settings = embed_lib.EmbedSettings.from_settings(settings)
@@ -407,28 +436,87 @@ def build(input_dir: str, output_dir: str, **overrides) -> dict:
     'peak_rss_mb': _own_peak_rss_mb(),
     'worker_peak_rss_mb': counters['worker_peak_rss_mb'],
   }
-  missing = [k for k in range(num_shards) if not write_lib.is_complete(output_dir, k, num_shards)]
-  if missing:
-    return {
-      'complete': False,
-      'missing_shards': [schema.shard_name(k, num_shards) for k in missing],
-      'settings': settings,
-      'run': run,
-    }
-  if 'extractors' not in manifest:  # Nothing built in this run: the identities are on record.
-    found = write_lib.existing_manifest(output_dir)
-    manifest['extractors'] = found[1].get('extractors', {}) if found else {}
-  info = write_lib.merge_dataset_info(
-    output_dir,
-    num_shards,
-    manifest=manifest,
-    discovery_skipped=discovery_skipped,
-    filtered=filtered,
-    discovery=discovery,
-  )
-  info['run'] = run
-  write_lib.write_json_atomic(info_path, info)
+  # Tasks that end together may each find every shard complete: they merge in turn, and each
+  # writes the same dataset_info.json apart from its own 'run' section.
+  with _shared_files_lock(output_dir):
+    missing = _missing_shards(output_dir, num_shards)
+    if missing:
+      return {
+        'complete': False,
+        'missing_shards': [schema.shard_name(k, num_shards) for k in missing],
+        'settings': settings,
+        'run': run,
+      }
+    if 'extractors' not in manifest:  # Nothing built in this run: the identities are on record.
+      found = write_lib.existing_manifest(output_dir)
+      manifest['extractors'] = found[1].get('extractors', {}) if found else {}
+    info = write_lib.merge_dataset_info(
+      output_dir,
+      num_shards,
+      manifest=manifest,
+      discovery_skipped=discovery_skipped,
+      filtered=filtered,
+      discovery=discovery,
+    )
+    info['run'] = run
+    write_lib.write_json_atomic(info_path, info)
   return info
+
+
+def _missing_shards(output_dir: str, num_shards: int) -> list:
+  return [k for k in range(num_shards) if not write_lib.is_complete(output_dir, k, num_shards)]
+
+
+@contextlib.contextmanager
+def _task_lock(output_dir: str, task_index: int, num_tasks: int):
+  """Holds this task's lock for the block; refuses to start beside a live build with another --num_tasks.
+
+  Tasks of one fan-out (same --num_tasks) build disjoint shards, so each locks only its own
+  task. A build with another --num_tasks would write some of the same shards through the same
+  temporary files, so every other fan-out's task locks are tried too: a live one refuses this
+  run, a stale one is taken over and removed. Each run takes its own lock before it tries the
+  others, so of two such builds starting together at least one sees the other.
+
+  Raises:
+    lock.LockedError: this task is already running here.
+    BuildError: a build with another --num_tasks is running here.
+  """
+  name = write_lib.task_lock_name(task_index, num_tasks)
+  with lock.DirectoryLock(output_dir, name=name, purpose=LOCK_PURPOSE):
+    for other in sorted(os.listdir(output_dir)):
+      parsed = write_lib.parse_task_lock_name(other)
+      if parsed is None or parsed[1] == num_tasks:
+        continue
+      try:
+        lock.DirectoryLock(output_dir, name=other, purpose=LOCK_PURPOSE).acquire().release()
+      except lock.LockedError as err:
+        raise BuildError(
+          f'A build with --num_tasks={parsed[1]} is running in {output_dir} and would write the same shards '
+          f'as this one with --num_tasks={num_tasks}: {err}'
+        ) from err
+    yield
+
+
+@contextlib.contextmanager
+def _shared_files_lock(output_dir: str):
+  """Holds the lock on the files all tasks share (settings.json, dataset_info.json), waiting for it."""
+  shared = lock.DirectoryLock(output_dir, name=write_lib.SHARED_FILES_LOCK, purpose=LOCK_PURPOSE)
+  deadline = time.monotonic() + SHARED_FILES_WAIT_SECONDS
+  while True:
+    try:
+      shared.acquire()
+      break
+    except lock.LockedError as err:
+      if time.monotonic() > deadline:
+        raise BuildError(
+          f'Waited {SHARED_FILES_WAIT_SECONDS:.0f} s for another task to finish writing settings.json or '
+          f'{schema.DATASET_INFO}: {err}'
+        ) from err
+      time.sleep(0.05)
+  try:
+    yield
+  finally:
+    shared.release()
 
 
 def _run_shards(to_build, shard_clips, stream, progress, output_dir, num_shards, settings, vgg16, vggish, counters):
@@ -640,7 +728,7 @@ def main(argv) -> None:
   overrides = {k: FLAGS[k].value for k in list(CONTENT_DEFAULTS) + list(RUN_DEFAULTS)}
   try:
     info = build(FLAGS.input_dir, FLAGS.output_dir, **overrides)
-  except (BuildError, write_lib.SettingsMismatchError) as err:
+  except (BuildError, write_lib.SettingsMismatchError, lock.LockedError) as err:
     print(f'build_tfrecords: error: {err}', file=sys.stderr)
     sys.exit(1)
   print('\n'.join(summary_lines(info, FLAGS.output_dir)))

@@ -11,6 +11,11 @@ Layout of an output directory:
                                     (or a killed and resumed) run can refuse to mix.
   dataset_info.json                 written once every shard is complete, merged
                                     from the shard summaries.
+  build-task-I-of-N.lock            held by the running task I of N (`emojax.lock`),
+                                    removed when it ends; a killed task's is stale.
+  build-shared.lock                 held for a moment while a task writes
+                                    settings.json or dataset_info.json, which
+                                    every task of a fan-out shares.
 
 A shard is complete when both its .tfrecord and its summary exist. Both are
 written under a temporary name (`.tmp-...`) in the same directory and renamed
@@ -21,12 +26,16 @@ a file that looks like a finished shard.
 import collections
 import json
 import os
+import re
 
 from emojax import ravdess, schema
 
 SETTINGS_FILE = 'settings.json'
 SHARD_INFO_DIR = schema.SHARD_INFO_DIR
 TMP_PREFIX = '.tmp-'
+SHARED_FILES_LOCK = 'build-shared.lock'
+# Lock names start with 'build-', never 'ravdess-': nothing that looks for shards can mistake one.
+_TASK_LOCK = re.compile(r'build-task-(\d+)-of-(\d+)\.lock')
 
 
 class SettingsMismatchError(ValueError):
@@ -39,6 +48,17 @@ def shard_path(output_dir: str, index: int, num_shards: int) -> str:
 
 def shard_info_path(output_dir: str, index: int, num_shards: int) -> str:
   return os.path.join(output_dir, SHARD_INFO_DIR, schema.shard_info_name(schema.shard_name(index, num_shards)))
+
+
+def task_lock_name(task_index: int, num_tasks: int) -> str:
+  """The lock file of task `task_index` of `num_tasks`: 'build-task-0-of-2.lock'."""
+  return f'build-task-{task_index}-of-{num_tasks}.lock'
+
+
+def parse_task_lock_name(name: str) -> tuple[int, int] | None:
+  """(task_index, num_tasks) of a `task_lock_name`, None for any other file name."""
+  match = _TASK_LOCK.fullmatch(name)
+  return (int(match[1]), int(match[2])) if match else None
 
 
 def _tmp_path(path: str) -> str:
