@@ -25,7 +25,8 @@ usage: ./launch.sh VERB [ARGS...]
                                 train and test, e.g. ./launch.sh train configs/stack.py runs/stack \
                                   --config.data.dir=/data/ravdess-tfrecords
   eval WORKDIR [--config.x=y ...]
-                                recompute WORKDIR/report.json from its best checkpoints
+                                recompute WORKDIR/report.json from the best checkpoints of its
+                                finished stages (an unfinished one is named and left out)
   tensorboard WORKDIR           serve WORKDIR's TensorBoard logs on port 6006
   install                       only install (idempotent)
 

@@ -14,7 +14,10 @@ printed too) gives each member's figures and, over several members, their mean Â
 
 How one stage is fitted, checkpointed and resumed is `emojax.train`'s; which clips go where
 is `emojax.partitions`'. Everything random is a function of (seed, stage, fold, step or
-epoch), so a resumed run ends with the same report as an uninterrupted one.
+epoch), so a resumed run ends with the same report as an uninterrupted one, wherever it was
+killed. A workdir belongs to the code version, config and data that started it: any other is
+refused before anything compiles (`check_workdir`). Eval reads the finished stages only
+(`stages_to_evaluate`).
 """
 
 import dataclasses
@@ -299,7 +302,7 @@ def stages_to_evaluate(paths: Paths, config) -> tuple[list[str], list[str]]:
   evaluated = [name for name in finished if not models.MODELS[name].stacked or set(models.BASE_MODELS) <= set(finished)]
   if not evaluated:
     raise FileNotFoundError(
-      f'No stage of {paths.workdir} has finished training ({", ".join(names)} have no {train.DONE_FILENAME} file): '
+      f'No stage of {paths.workdir} has finished training (no {train.DONE_FILENAME} file in {", ".join(names)}): '
       'finish it by rerunning the same train command, which resumes from the latest checkpoints, then evaluate.'
     )
   unfinished = [name for name in names if name not in evaluated]
