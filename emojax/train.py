@@ -566,7 +566,8 @@ def restore(config, stage: Stage, mesh) -> tuple[TrainState, list[dict]]:
   """A stage's last checkpoint with each member's best parameters, for eval-only runs.
 
   Returns:
-    As `fit`. A stage that did not finish is evaluated at its best epochs so far, with a warning.
+    As `fit`. A stage that did not finish is evaluated at its best epochs so far, with a
+    warning; `emojax.experiment`'s eval restores finished stages only.
   """
   checkpoint_dir = os.path.join(stage.directory, 'checkpoints')
   if not os.path.isdir(checkpoint_dir):
