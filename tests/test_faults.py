@@ -246,6 +246,7 @@ def results(workdir: str) -> tuple[dict, str]:
     return {key: value for key, value in content.items() if key != 'provenance'}, f.read()
 
 
+@pytest.mark.slow
 def test_killed_anywhere_resumes_to_the_same_report(data_dir, tmp_path):
   cache_dir = str(tmp_path / 'compilation_cache')
   reference = str(tmp_path / 'uninterrupted')

@@ -85,6 +85,7 @@ def read(workdir: str) -> tuple[dict, str]:
     return content, f.read()
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_stack_as_one_process_does(tmp_path):
   data_dir = fake_records.write_fake_dataset(
     str(tmp_path / 'data'), num_actors=4, clips_per_actor=28, min_frames=4, max_frames=16
