@@ -182,7 +182,9 @@ def feature_pass() -> Moment:
   def fires(workdir, snapshot, seconds):
     return snapshot.changed(os.path.join(workdir, 'features', 'stack_train.npz'))
 
-  ahead = lambda w: not os.path.exists(os.path.join(w, 'features'))
+  def ahead(workdir):
+    return not os.path.exists(os.path.join(workdir, 'features'))
+
   return Moment('feature pass', "during the stacker's feature pass", fires, ahead)
 
 
