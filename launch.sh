@@ -25,13 +25,21 @@ usage: ./launch.sh VERB [ARGS...]
                                 train and test, e.g. ./launch.sh train configs/stack.py runs/stack \
                                   --config.data.dir=/data/ravdess-tfrecords
   eval WORKDIR [--config.x=y ...]
-                                recompute WORKDIR/report.json from its best checkpoints
+                                recompute WORKDIR/report.json from the best checkpoints of its
+                                finished stages (an unfinished one is named and left out)
   tensorboard WORKDIR           serve WORKDIR's TensorBoard logs on port 6006
   install                       only install (idempotent)
 
-Multi-host (GPU or TPU slice): start the same `./launch.sh train CONFIG WORKDIR --multihost`
-on every host; jax.distributed finds the slice on Cloud TPU, SLURM and Open MPI, elsewhere
-set JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i on each host.
+Multi-host (GPU or TPU slice, or CPU processes): start the same
+`./launch.sh train CONFIG WORKDIR --multihost` on every host, with WORKDIR and the data on a
+filesystem all of them see; jax.distributed finds the slice on Cloud TPU, SLURM and Open MPI,
+elsewhere set on each host
+  JAX_COORDINATOR_ADDRESS=host0:1234   process 0's host and a free port (the same everywhere)
+  JAX_NUM_PROCESSES=N                  the number of processes
+  JAX_PROCESS_ID=i                     0 .. N-1, a different one per process
+CPU processes need no more (JAX uses gloo collectives); e.g. two on one machine:
+  JAX_COORDINATOR_ADDRESS=localhost:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 ./launch.sh train ... --multihost &
+  JAX_COORDINATOR_ADDRESS=localhost:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1 ./launch.sh train ... --multihost
 EOF
 }
 

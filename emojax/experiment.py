@@ -14,13 +14,18 @@ printed too) gives each member's figures and, over several members, their mean Â
 
 How one stage is fitted, checkpointed and resumed is `emojax.train`'s; which clips go where
 is `emojax.partitions`'. Everything random is a function of (seed, stage, fold, step or
-epoch), so a resumed run ends with the same report as an uninterrupted one.
+epoch), so a resumed run ends with the same report as an uninterrupted one, wherever it was
+killed. A workdir belongs to the code version, config and data that started it: any other is
+refused before anything compiles (`check_workdir`). Eval reads the finished stages only
+(`stages_to_evaluate`).
 """
 
 import dataclasses
+import importlib.metadata
 import json
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -32,7 +37,15 @@ from emojax import input_pipeline, lock, models, partitions, report, train
 
 PARTITIONS_FILENAME = 'partitions.json'
 CONFIG_FILENAME = 'config.json'
+FINGERPRINT_FILENAME = 'fingerprint.json'
 STACKER_PARTITIONS = ('stack_train', 'stack_val', 'test')
+# Config fields that do not change what a run computes, so a workdir may be resumed or
+# evaluated with other values: what the run does with it, how often it logs and saves, where
+# the data lie (the data themselves are compared by their fingerprint) and how the members
+# are laid out on the devices (the device count is not in the config either).
+RESULT_NEUTRAL_FIELDS = ('mode', 'log_every_secs', 'checkpoint_every_secs', 'data.dir', 'mesh.member_shards')
+# The most differing fields one error names.
+_MAX_LISTED_DIFFERENCES = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +76,13 @@ class Paths:
   @property
   def partitions(self) -> str:
     return os.path.join(self.workdir, PARTITIONS_FILENAME)
+
+  @property
+  def fingerprint(self) -> str:
+    return os.path.join(self.workdir, FINGERPRINT_FILENAME)
+
+  def done(self, name: str) -> str:
+    return os.path.join(self.stage(name), train.DONE_FILENAME)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +136,81 @@ def _stage(config, name: str, paths: Paths, members, train_data, val_data) -> tr
   )
 
 
-def _check_partitions(paths: Paths, config, clips, folds, *, is_training: bool) -> None:
-  """Refuses a workdir whose checkpoints were trained on other partitions (another seed, protocol or data)."""
-  current = {
+def agreed(decide: Callable[[], object]):
+  """`decide()` run on process 0 alone; its result, or its ValueError / FileNotFoundError, on every process.
+
+  Decisions taken from files in the workdir (is it locked, does it fit the config, which
+  stages finished) are taken once: a process that read the disk at another moment, or
+  through another NFS cache, and decided otherwise would stop, or skip a collective, while
+  the others wait for it. The result must be something JSON can hold.
+  """
+  outcome = None
+  if jax.process_index() == 0:
+    try:
+      outcome = {'value': decide()}
+    except (ValueError, FileNotFoundError) as error:
+      outcome = {'error': 'FileNotFoundError' if isinstance(error, FileNotFoundError) else 'ValueError'}
+      outcome['message'] = str(error)
+  outcome = train.from_process_zero(outcome)
+  if 'error' in outcome:
+    raise (FileNotFoundError if outcome['error'] == 'FileNotFoundError' else ValueError)(outcome['message'])
+  return outcome['value']
+
+
+def fingerprint(clips, info: dict) -> dict:
+  """What a workdir's checkpoints depend on besides the config: the code that wrote them and the data.
+
+  The data are named by their clips (`report.clip_ids_sha256`) and by how their features
+  were made (dataset_info.json's schema version, extractors and settings), not by the
+  bytes of the shards, which a rebuild with the same settings reproduces.
+  """
+  try:
+    version = importlib.metadata.version('emojax')
+  except importlib.metadata.PackageNotFoundError:  # Run from a checkout that was never installed.
+    version = None
+  return {
+    'code': {'emojax': version, 'checkpoint_layout': train.CHECKPOINT_LAYOUT_VERSION},
+    'data': {
+      'num_clips': len(clips['clip_id']),
+      'clip_ids_sha256': report.clip_ids_sha256(clips['clip_id'].tolist()),
+      'schema_version': info.get('schema_version'),
+      'extractors': info.get('extractors'),
+      'settings': info.get('settings'),
+    },
+  }
+
+
+def _flatten(value, prefix: str = '') -> dict:
+  """A JSON object as {dotted field: leaf value}; lists are leaves."""
+  if not isinstance(value, dict) or not value:
+    return {prefix: value}
+  flat = {}
+  for key, child in value.items():
+    flat.update(_flatten(child, f'{prefix}.{key}' if prefix else str(key)))
+  return flat
+
+
+def differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+  """'field: X there, Y now' for every dotted field of two JSON objects that differs, but those in `ignore`."""
+  old, new = _flatten(old), _flatten(new)
+
+  def show(flat, field):
+    text = json.dumps(flat[field]) if field in flat else 'absent'
+    return text if len(text) <= 40 else text[:37] + '...'
+
+  fields = sorted(
+    field for field in old.keys() | new.keys() if field not in ignore and old.get(field, ()) != new.get(field, ())
+  )
+  return [f'{field}: {show(old, field)} there, {show(new, field)} now' for field in fields]
+
+
+def _listed(items: list[str]) -> str:
+  shown = '; '.join(items[:_MAX_LISTED_DIFFERENCES])
+  return shown + (f'; and {len(items) - _MAX_LISTED_DIFFERENCES} more' if len(items) > _MAX_LISTED_DIFFERENCES else '')
+
+
+def _partitions_record(config, clips, folds) -> dict:
+  return {
     'protocol': config.data.protocol,
     'seed': config.seed,
     'folds': [
@@ -130,14 +222,98 @@ def _check_partitions(paths: Paths, config, clips, folds, *, is_training: bool) 
       for fold in folds
     ],
   }
-  if os.path.exists(paths.partitions):
-    if train.read_json(paths.partitions)['folds'] != current['folds']:
+
+
+def check_workdir(paths: Paths, config, clips, info: dict, folds, *, is_training: bool) -> None:
+  """Refuses a workdir whose checkpoints another code version, config or data wrote; records this run's.
+
+  Checked against the files an earlier run left, in this order: `fingerprint.json` (the
+  emojax version and checkpoint layout, then the data), `config.json` (every field but
+  `RESULT_NEUTRAL_FIELDS`) and `partitions.json` (the clips of every partition). A training
+  run then writes them: the fingerprint and partitions once, the config every time (it
+  records the latest run's neutral fields, such as a moved `data.dir`).
+
+  Raises:
+    ValueError: one sentence naming what differs and what to do.
+  """
+  workdir = paths.workdir
+  current = fingerprint(clips, info)
+  if os.path.exists(paths.fingerprint):
+    recorded = train.read_json(paths.fingerprint)
+    if recorded.get('code') != current['code']:
+      old, new = recorded.get('code') or {}, current['code']
       raise ValueError(
-        f'{paths.workdir} was trained on other partitions than this config draws (seed, data.protocol, its settings '
-        f'or the data differ; see {paths.partitions}): use a new --workdir, or the config of that run.'
+        f'{workdir} was written by emojax {old.get("emojax")} (checkpoint layout {old.get("checkpoint_layout")}), '
+        f'this is emojax {new["emojax"]} (layout {new["checkpoint_layout"]}), whose results may differ: use a new '
+        '--workdir, or the emojax version of that run.'
       )
-  elif is_training:
-    train.write_json(paths.partitions, current)
+    data = differences(recorded.get('data') or {}, current['data'])
+    if data:
+      raise ValueError(
+        f'{workdir} was trained on other data than config.data.dir {config.data.dir} holds ({_listed(data)}): use a '
+        'new --workdir, or the data of that run.'
+      )
+  elif os.path.exists(paths.config) or os.path.exists(paths.partitions):
+    raise ValueError(
+      f'{workdir} was written by an emojax older than checkpoint layout {train.CHECKPOINT_LAYOUT_VERSION} (it has no '
+      f'{FINGERPRINT_FILENAME}), whose checkpoints this one may not restore: use a new --workdir.'
+    )
+  config_json = json.loads(config.to_json_best_effort())
+  if os.path.exists(paths.config):
+    fields = differences(train.read_json(paths.config), config_json, RESULT_NEUTRAL_FIELDS)
+    if fields:
+      raise ValueError(
+        f'{workdir} was trained with another config ({_listed(fields)}): use a new --workdir, or the config of that '
+        f'run, which {paths.config} holds (--config=configs/from_workdir.py:{workdir} loads it).'
+      )
+  partitions_json = _partitions_record(config, clips, folds)
+  if os.path.exists(paths.partitions) and train.read_json(paths.partitions)['folds'] != partitions_json['folds']:
+    raise ValueError(
+      f'{workdir} was trained on other partitions than this config draws from these data (see {paths.partitions}): '
+      'use a new --workdir, or the emojax version of that run.'
+    )
+  if is_training:
+    # The fingerprint first: a workdir with a config.json but none is one an older emojax wrote.
+    if not os.path.exists(paths.fingerprint):
+      report.write_json(paths.fingerprint, current)
+    report.write_json(paths.config, config_json)
+    if not os.path.exists(paths.partitions):
+      report.write_json(paths.partitions, partitions_json)
+
+
+def stages_to_evaluate(paths: Paths, config) -> tuple[list[str], list[str]]:
+  """(stages eval restores, stages it leaves out): eval reads finished stages only.
+
+  A stage that did not finish (no DONE file: its training was killed, or is still to run)
+  would be evaluated at an epoch that is not its result, so eval leaves it out, and the
+  stacker too unless both base models finished; the report then holds the finished ones and
+  names the others under `unfinished_stages`.
+
+  Raises:
+    FileNotFoundError: no stage has a checkpoint (never trained here), or none finished.
+  """
+  names = list(config.models)
+  if not any(os.path.isdir(paths.checkpoints(name)) for name in names):
+    raise FileNotFoundError(
+      f"No checkpoints for stage '{names[0]}' in {paths.checkpoints(names[0])}: train first (--config.mode=train) or "
+      'point --workdir at a trained run.'
+    )
+  finished = [name for name in names if os.path.exists(paths.done(name))]
+  evaluated = [name for name in finished if not models.MODELS[name].stacked or set(models.BASE_MODELS) <= set(finished)]
+  if not evaluated:
+    raise FileNotFoundError(
+      f'No stage of {paths.workdir} has finished training (no {train.DONE_FILENAME} file in {", ".join(names)}): '
+      'finish it by rerunning the same train command, which resumes from the latest checkpoints, then evaluate.'
+    )
+  unfinished = [name for name in names if name not in evaluated]
+  if unfinished:
+    logging.warning(
+      'Stages %s of %s have not finished training: evaluating %s only. Rerun the same train command to finish them.',
+      ', '.join(unfinished),
+      paths.workdir,
+      ', '.join(evaluated),
+    )
+  return evaluated, unfinished
 
 
 def _made_by(training: dict) -> np.ndarray:
@@ -152,7 +328,8 @@ def _stacker_features(states, training, clips, members, statistics, config, path
 
   Cached in workdir/features/ with a record of which base checkpoints (best epoch and
   validation loss of every member) made them, so features of base models that were
-  retrained since are computed again.
+  retrained since are computed again. A multi-process run writes the cache but does not
+  read it (see below).
 
   Returns:
     partition -> per member {'features' [N, 256 + 100], 'label' [N], 'clip_id' [N]}.
@@ -162,7 +339,9 @@ def _stacker_features(states, training, clips, members, statistics, config, path
   for partition in STACKER_PARTITIONS:
     path = paths.features(partition)
     splits = [input_pipeline.take(clips, member.fold.parts[partition]) for member in members]
-    if cache and os.path.exists(path):
+    # Only a single process reads the cache: with several, one that found another file on disk
+    # than the others would skip the collectives they run; every process computes them instead.
+    if cache and jax.process_count() == 1 and os.path.exists(path):
       with np.load(path) as saved:
         if np.array_equal(saved['made_by'], made_by) and all(
           saved[f'clip_id_{k}'].tolist() == split['clip_id'].tolist() for k, split in enumerate(splits)
@@ -238,10 +417,13 @@ def check_config(config) -> None:
   member_shards = config.mesh.member_shards
   data_shards = jax.device_count() // member_shards if jax.device_count() % member_shards == 0 else 0
   if not data_shards:
-    raise ValueError(f'config.mesh.member_shards {member_shards} does not divide the {jax.device_count()} devices.')
+    raise ValueError(
+      f'config.mesh.member_shards {member_shards} does not divide the {jax.device_count()} devices: use a divisor.'
+    )
   if config.batch_size % data_shards:
     raise ValueError(
-      f'config.batch_size {config.batch_size} is not divisible by the {data_shards} devices of the data axis.'
+      f'config.batch_size {config.batch_size} is not divisible by the {data_shards} devices of the data axis: '
+      f'use a multiple of {data_shards}.'
     )
 
 
@@ -256,11 +438,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The report written to `workdir/report.json` (see `emojax.report.make_report`).
   """
   check_config(config)
-  if config.mode == 'eval' and not os.path.isdir(workdir):
-    raise FileNotFoundError(f'{workdir} does not exist: eval mode needs the workdir of a training run.')
-  # One run per workdir: process 0 holds the lock for the whole job (the others share its workdir).
-  with lock.DirectoryLock(workdir, purpose=config.mode, take=jax.process_index() == 0):
+  # One run per workdir: process 0 holds the lock for the whole job (the others share its
+  # workdir), and a refusal stops every process of the job.
+  workdir_lock = lock.DirectoryLock(workdir, purpose=config.mode)
+
+  def take_lock():
+    if config.mode == 'eval' and not os.path.isdir(workdir):
+      raise FileNotFoundError(f'{workdir} does not exist: eval mode needs the workdir of a training run.')
+    workdir_lock.acquire()
+
+  agreed(take_lock)
+  try:
     return _run(config, workdir)
+  finally:
+    workdir_lock.release()  # A no-op on the processes that did not take it.
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -283,18 +474,15 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     len(members),
     {name: len(indices) for name, indices in folds[0].parts.items()},
   )
+
+  def check():
+    """The stages to run and those eval leaves out, once the workdir is known to fit; before anything compiles."""
+    names, unfinished = (list(config.models), []) if is_training else stages_to_evaluate(paths, config)
+    check_workdir(paths, config, clips, info, folds, is_training=is_training)
+    return names, unfinished
+
+  names, unfinished = agreed(check)
   mesh = train.make_mesh(config.mesh.member_shards)
-  if is_training:
-    os.makedirs(workdir, exist_ok=True)
-    train.write_json(paths.config, json.loads(config.to_json_best_effort()))
-  else:
-    for name in config.models:  # Every missing checkpoint is reported before any work.
-      if not os.path.isdir(paths.checkpoints(name)):
-        raise FileNotFoundError(
-          f"No checkpoints for stage '{name}' in {paths.checkpoints(name)}: train first (--config.mode=train) or "
-          'point --workdir at a trained run.'
-        )
-  _check_partitions(paths, config, clips, folds, is_training=is_training)
 
   def scaled(name, splits):
     """Each member's statistics for stage `name` from its training split; saved with the stage."""
@@ -318,7 +506,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   states, training, tests, statistics = {}, {}, {}, {}
   for name in models.BASE_MODELS:
-    if name not in config.models:
+    if name not in names:
       continue
     statistics[name] = scaled(name, [input_pipeline.take(clips, m.fold.parts['base_train']) for m in members])
     shuffle = lambda member: (member.seed, 2, stage_index(name), member.fold.index)  # noqa: B023
@@ -336,7 +524,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     states[name], training[name] = fit_or_restore(name, data['base_train'], data['base_val'])
     tests[name] = _test(states[name], name, data['test'], config, mesh)
-  if 'stacker' in config.models:
+  if 'stacker' in names:
     features = _stacker_features(states, training, clips, members, statistics, config, paths, mesh, cache=is_training)
     statistics['stacker'] = scaled('stacker', features['stack_train'])
     data = {
@@ -364,6 +552,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     report.write_provenance(workdir, record)
   final = _report(config, clips, info, members, training, tests, report.read_provenance(workdir))
+  if unfinished:
+    final['unfinished_stages'] = unfinished
   if jax.process_index() == 0:
     _write_test_events(paths, members, tests, training, partitions.class_names(config), is_training=is_training)
     test_splits = [input_pipeline.take(clips, member.fold.parts['test']) for member in members]

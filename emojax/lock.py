@@ -21,9 +21,9 @@ process 0 takes the lock; the others pass `take=False`, which makes the lock a n
 
   with lock.DirectoryLock(workdir, take=jax.process_index() == 0):
 
-A second job's process 0 is refused and exits, and the job's other processes stop with an
-error when they find process 0 (jax.distributed's coordinator) gone, before their first
-collective, so before they write anything.
+`emojax.experiment.run` takes it on process 0 and hands the outcome to the other processes,
+so when a second job's process 0 is refused, all of that job's processes stop with the same
+error before they write anything.
 
 On NFS, an flock is a lock on the server (Linux clients since 2.6.12, with NFSv4 or
 NFSv3's lockd), so it holds across hosts. A mount with `local_lock=flock`, `local_lock=all`

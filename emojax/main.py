@@ -10,10 +10,14 @@ Every field of the config can be overridden as --config.FIELD=VALUE (e.g. --conf
 `--help` lists them with their defaults, and configs/default.py explains each.
 
 Multi-host: start the same command on every host with `--multihost`; it calls
-`jax.distributed.initialize()` with no arguments, which finds the coordinator, the number of
-processes and this process's id on Cloud TPU, SLURM and Open MPI (elsewhere set
-JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID). Every process reads the whole
-(small) dataset and feeds its slice of each global batch; process 0 writes the reports.
+`jax.distributed.initialize()`, which finds the coordinator, the number of processes and this
+process's id on Cloud TPU, SLURM and Open MPI (elsewhere set JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID). Every process reads the whole (small) dataset and feeds
+its slice of each global batch; process 0 writes the reports and takes every decision that
+depends on files or on the clock, which the others follow. CPU processes need nothing more:
+jax 0.10.2 gives a distributed CPU client gloo collectives over TCP by default
+(`jax_cpu_collectives_implementation`), which is how tests/test_multihost.py runs two
+processes on one machine.
 """
 
 import os

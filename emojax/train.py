@@ -44,12 +44,20 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, periodic_actions
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from emojax import metrics, report
 
 DONE_FILENAME = 'DONE'
+# The layout of a stage's checkpoints: the TrainState's fields, the leading member axis and
+# the meta JSON. Bump it when any of them changes, so that a workdir written under another
+# layout is refused before its checkpoints fail to restore.
+CHECKPOINT_LAYOUT_VERSION = 1
+# Process 0's decisions travel to the others padded to a multiple of this many bytes, so that
+# the broadcast compiles for a few shapes only.
+_BROADCAST_BLOCK = 256
 
 
 class TrainState(train_state.TrainState):
@@ -213,6 +221,24 @@ def to_device(batch: dict, mesh: jax.sharding.Mesh) -> dict:
   }
 
 
+def from_process_zero(value):
+  """Process 0's `value` (anything JSON can hold) on every process; in a single-process run, `value` itself.
+
+  What a process decides from the clock or from files (a DONE file, a cached file, when to
+  save) can differ from process to process, and a process that decided otherwise would skip
+  a collective the others run: the job would hang. Such decisions are taken by process 0
+  and followed by all.
+  """
+  if jax.process_count() == 1:
+    return value
+  encoded = json.dumps(value).encode() if jax.process_index() == 0 else b''
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(-(-len(encoded) // _BROADCAST_BLOCK) * _BROADCAST_BLOCK)))
+  padded = np.zeros(size, np.uint8)
+  padded[: len(encoded)] = np.frombuffer(encoded, np.uint8)
+  # JSON text holds no NUL byte (json.dumps escapes control characters): the padding strips off.
+  return json.loads(bytes(multihost_utils.broadcast_one_to_all(padded)).rstrip(b'\0').decode())
+
+
 def compute_members(collection) -> dict[str, np.ndarray]:
   """`compute()` of a clu Collection whose leaves carry a leading member axis: each metric as [K, ...]."""
   return jax.device_get(jax.vmap(lambda member: member.compute())(collection))
@@ -324,8 +350,16 @@ def read_json(path: str):
 
 
 def _checkpoint_manager(stage_dir: str, *, read_only: bool = False) -> ocp.CheckpointManager:
-  """Keeps the latest state; the best parameters of every member travel inside it."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, read_only=read_only)
+  """Keeps the latest state; the best parameters of every member travel inside it.
+
+  A save writes its step under `<step>.orbax-checkpoint-tmp` and renames it to `<step>` once
+  complete, so a step that a kill left half-written is never listed, hence never restored;
+  a training manager removes such leftovers when it opens. Process 0 alone lists the steps
+  and tells the others, so that every process resumes from the same one.
+  """
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=1, read_only=read_only, cleanup_tmp_directories=not read_only, single_host_load_and_broadcast=True
+  )
   return ocp.CheckpointManager(os.path.join(stage_dir, 'checkpoints'), options=options)
 
 
@@ -397,7 +431,7 @@ def fit(config, stage: Stage, mesh) -> tuple[TrainState, list[dict]]:
   num_members = len(stage.members)
   done_path = os.path.join(stage_dir, DONE_FILENAME)
   abstract_state = _abstract_state(config.optimizer, stage, mesh)
-  if os.path.exists(done_path):
+  if from_process_zero(os.path.exists(done_path)):
     state, summaries = restore(config, stage, mesh)
     logging.info("Stage '%s' finished earlier: restored.", name)
     return state, summaries
@@ -515,7 +549,8 @@ def fit(config, stage: Stage, mesh) -> tuple[TrainState, list[dict]]:
           float(np.mean(val['loss'][active])),
         )
       finished = epoch == config.num_epochs or all(member['stopped'] for member in meta['members'])
-      if finished or time.monotonic() - last_save >= config.checkpoint_every_secs:
+      # Every process saves (orbax's save is collective), so process 0's clock decides for all.
+      if finished or from_process_zero(time.monotonic() - last_save >= config.checkpoint_every_secs):
         manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         last_save = time.monotonic()
     manager.wait_until_finished()
@@ -539,7 +574,8 @@ def restore(config, stage: Stage, mesh) -> tuple[TrainState, list[dict]]:
   """A stage's last checkpoint with each member's best parameters, for eval-only runs.
 
   Returns:
-    As `fit`. A stage that did not finish is evaluated at its best epochs so far, with a warning.
+    As `fit`. A stage that did not finish is evaluated at its best epochs so far, with a
+    warning; `emojax.experiment`'s eval restores finished stages only.
   """
   checkpoint_dir = os.path.join(stage.directory, 'checkpoints')
   if not os.path.isdir(checkpoint_dir):

@@ -9,6 +9,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -167,6 +168,18 @@ def test_eval_only_reproduces_report_and_adds_no_events_file(trained, data_dir):
   with open(os.path.join(workdir, 'report.json')) as f:
     assert f.read() == before
   assert sorted(glob.glob(os.path.join(workdir, '**', 'events.out.tfevents.*'), recursive=True)) == events_before
+
+
+def test_eval_of_a_partly_trained_workdir_reports_the_finished_stages(trained, data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained[0], workdir)
+  os.remove(os.path.join(workdir, 'stacker', train.DONE_FILENAME))  # Killed while the stacker trained.
+  os.remove(os.path.join(workdir, 'report.json'))
+  partial = experiment.run(tiny_config(data_dir, mode='eval'), workdir)
+  assert partial['models'] == ['audio', 'visual'] and partial['unfinished_stages'] == ['stacker']
+  for name in ('audio', 'visual'):
+    assert partial[name] == trained[1][name]
+  assert 'stacker' not in partial and 'unfinished_stages' not in trained[1]
 
 
 def test_eval_without_checkpoints_is_a_clear_error(data_dir, tmp_path):
