@@ -32,6 +32,7 @@ from emojax import input_pipeline, lock, models, partitions, report, train
 
 PARTITIONS_FILENAME = 'partitions.json'
 CONFIG_FILENAME = 'config.json'
+DATA_SETTINGS_FILENAME = 'data_settings.json'
 STACKER_PARTITIONS = ('stack_train', 'stack_val', 'test')
 
 
@@ -63,6 +64,10 @@ class Paths:
   @property
   def partitions(self) -> str:
     return os.path.join(self.workdir, PARTITIONS_FILENAME)
+
+  @property
+  def data_settings(self) -> str:
+    return os.path.join(self.workdir, DATA_SETTINGS_FILENAME)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +231,29 @@ def _test(state, name, test_data, config, mesh) -> list[dict]:
   return results
 
 
+def data_settings(info: dict, config) -> dict:
+  """What scoring new media needs of the data a run trained on, so it works without the TFRecords.
+
+  Args:
+    info: the data's dataset_info.json.
+    config: the run's config.
+
+  Returns:
+    {'schema_version', 'settings' (how clips were embedded: fps, image size, face detection,
+    min_audio_seconds, on_no_face, modalities, the extractor flags), 'extractors' (their
+    identities), 'feature_dims', 'class_set', 'classes' (in label order), 'stand_in_extractors'}.
+  """
+  return {
+    'schema_version': info.get('schema_version'),
+    'settings': info.get('settings', {}),
+    'extractors': info.get('extractors', {}),
+    'feature_dims': info.get('feature_dims', {}),
+    'class_set': config.data.classes,
+    'classes': list(partitions.class_names(config)),
+    'stand_in_extractors': input_pipeline.uses_stand_in_extractors(info),
+  }
+
+
 def check_config(config) -> None:
   """Refuses config values that would fail later, before anything is read or compiled."""
   unknown = [m for m in config.models if m not in models.MODELS]
@@ -250,7 +278,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Args:
     config: see configs/default.py.
-    workdir: checkpoints, TensorBoard events, features, config.json and report.json.
+    workdir: checkpoints, TensorBoard events, features, config.json, data_settings.json (how the data
+      was embedded, for prediction) and report.json.
 
   Returns:
     The report written to `workdir/report.json` (see `emojax.report.make_report`).
@@ -287,6 +316,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if is_training:
     os.makedirs(workdir, exist_ok=True)
     train.write_json(paths.config, json.loads(config.to_json_best_effort()))
+    train.write_json(paths.data_settings, data_settings(info, config))
   else:
     for name in config.models:  # Every missing checkpoint is reported before any work.
       if not os.path.isdir(paths.checkpoints(name)):
