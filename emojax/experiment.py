@@ -241,7 +241,8 @@ def data_settings(info: dict, config) -> dict:
   Returns:
     {'schema_version', 'settings' (how clips were embedded: fps, image size, face detection,
     min_audio_seconds, on_no_face, modalities, the extractor flags), 'extractors' (their
-    identities), 'feature_dims', 'class_set', 'classes' (in label order), 'stand_in_extractors'}.
+    identities), 'feature_dims', 'class_set', 'classes' (in label order), 'stand_in_extractors',
+    'fake' (random embeddings from `emojax.fake_records`, which no media file can be embedded as)}.
   """
   return {
     'schema_version': info.get('schema_version'),
@@ -251,6 +252,7 @@ def data_settings(info: dict, config) -> dict:
     'class_set': config.data.classes,
     'classes': list(partitions.class_names(config)),
     'stand_in_extractors': input_pipeline.uses_stand_in_extractors(info),
+    'fake': bool(info.get('fake')),
   }
 
 
