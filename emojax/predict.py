@@ -181,10 +181,9 @@ class Predictor:
     for name in self.models:
       self.statistics[name] = self._load_statistics(paths, name)
       self.states[name] = self._restore(paths, name)
-    # Compiles both batch shapes of every stage now, so no file pays for it.
-    blank = Embeddings(np.zeros((1, schema.VISUAL_DIM), np.float32), np.zeros((1, schema.AUDIO_DIM), np.float32))
-    for count in (1, self.batch_size):
-      self.score([blank] * count)
+    # Compiles every stage for one clip now, so that the first file does not pay for it; the
+    # batch of windows compiles when a recording first needs it.
+    self.score([Embeddings(np.zeros((1, schema.VISUAL_DIM), np.float32), np.zeros((1, schema.AUDIO_DIM), np.float32))])
 
   @property
   def num_members(self) -> int:
