@@ -130,7 +130,10 @@ def read_data_settings(workdir: str, config) -> dict:
 
 def _member_names(workdir: str, config) -> list[str]:
   """'fold_0/seed_1', ... in the order of the run's member axis (folds, then seeds)."""
-  recorded = train.read_json(experiment.Paths(workdir).partitions)['folds']
+  path = experiment.Paths(workdir).partitions
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: pass --workdir=DIR, the workdir of a finished training run.')
+  recorded = train.read_json(path)['folds']
   folds = [partitions.Fold(fold['index'], tuple(fold['test_actors']), {}) for fold in recorded]
   return [experiment.Member(fold, seed).name for fold in folds for seed in experiment.seeds_of(config)]
 
@@ -279,6 +282,36 @@ class Predictor:
     results = [Prediction({}, {}, {}) for _ in examples]
     if not examples:
       return results
+    packed = self._pack([e.visual for e in examples], [e.audio for e in examples])
+    # Base model -> {example index: its row}, and per member its penultimate features [rows, features].
+    rows, penultimates = {}, {}
+    for name in self.models:
+      stream = models.MODELS[name].stream
+      if models.MODELS[name].stacked:
+        continue
+      indices = [i for i, e in enumerate(examples) if getattr(e, stream) is not None]
+      for i, e in enumerate(examples):
+        if getattr(e, stream) is None:
+          results[i].not_used[name] = e.reasons.get(stream, f'no {stream} embedding')
+      if indices:
+        outputs = self._outputs(name, [input_pipeline.take(packed, np.array(indices))] * self.num_members)
+        self._record(name, indices, outputs, results)
+        rows[name] = {i: row for row, i in enumerate(indices)}
+        penultimates[name] = [output['penultimate'] for output in outputs]
+    if 'stacker' in self.models:
+      # The stacker reads both base models' features of the same clip, so it scores clips with both.
+      both = [i for i in range(len(examples)) if all(i in rows.get(base, {}) for base in models.BASE_MODELS)]
+      for i in sorted(set(range(len(examples))) - set(both)):
+        missing = [results[i].not_used[base] for base in models.BASE_MODELS if base in results[i].not_used]
+        results[i].not_used['stacker'] = 'needs audio and visual: ' + '; '.join(missing)
+      if both:
+        features = [
+          np.concatenate([penultimates[base][k][[rows[base][i] for i in both]] for base in models.BASE_MODELS], axis=1)
+          for k in range(self.num_members)
+        ]  # Per member [len(both), 256 + 100], in the order the stacker was trained on.
+        arrays = [{'features': member, 'label': np.zeros(len(both), np.int32)} for member in features]
+        self._record('stacker', both, self._outputs('stacker', arrays), results)
+    return results
     packed = self._pack([e.visual for e in examples], [e.audio for e in examples])
     penultimates = {}  # base model -> (example indices, per member [n, features])
     for name in self.models:
@@ -572,7 +605,9 @@ def format_result(result: FileResult, class_names: Sequence[str], models_of_run:
 
   windows = result.windows
   lines[0] += f'; {len(windows)} windows of {windows[0].end - windows[0].start:g} s'
-  lines.append(f'  {"start":>6}{"end":>7}  {"model":<13}{"emotion":<{width + 1}}{heads}')
+  # Each model's top emotion; the probabilities are the final model's, marked with '*'.
+  tops = ''.join(f'{name:<{width + 2}}' for name in models_of_run)
+  lines.append(f'  {"start":>6}{"end":>7}  {tops}{heads}')
   runs = []  # [top emotion, first window, last window]
   for k, (window, prediction) in enumerate(zip(windows, result.predictions, strict=True)):
     final = prediction.final()
@@ -581,9 +616,13 @@ def format_result(result: FileResult, class_names: Sequence[str], models_of_run:
       lines.append(f'  {window.start:>6.1f}{window.end:>7.1f}  not scored ({reasons})')
       continue
     which, p = final
+    cells = []
+    for name in models_of_run:
+      top = class_names[int(prediction.probabilities[name].argmax())] if name in prediction.probabilities else '-'
+      cells.append(f'{top + ("*" if name == which else ""):<{width + 2}}')
+    values = ''.join(f'{value:>{width}.2f}' for value in p)
+    lines.append(f'  {window.start:>6.1f}{window.end:>7.1f}  {"".join(cells)}{values}')
     top = class_names[int(p.argmax())]
-    cells = ''.join(f'{value:>{width}.2f}' for value in p)
-    lines.append(f'  {window.start:>6.1f}{window.end:>7.1f}  {which:<13}{top:<{width + 1}}{cells}')
     if runs and runs[-1][0] == top and runs[-1][2] == k - 1:
       runs[-1][2] = k
     else:
@@ -676,18 +715,34 @@ def final_series(result: FileResult, num_classes: int) -> tuple[np.ndarray, str]
   return series, ', '.join(dict.fromkeys(which)) or 'none'
 
 
+def model_series(result: FileResult, name: str, num_classes: int) -> np.ndarray:
+  """[predictions, classes] probabilities of model `name`, NaN where it did not score."""
+  series = np.full((len(result.predictions), num_classes), np.nan)
+  for k, prediction in enumerate(result.predictions):
+    if name in prediction.probabilities:
+      series[k] = prediction.probabilities[name]
+  return series
+
+
 def write_timeline(result: FileResult, path: str, predictor: Predictor) -> str:
-  """The timeline PNG of a file scored window by window."""
+  """The timeline PNG of a file scored window by window: a panel per model that scored some window."""
   from emojax import render
 
-  series, which = final_series(result, len(predictor.class_names))
+  num_classes = len(predictor.class_names)
+  panels = {
+    name: model_series(result, name, num_classes)
+    for name in predictor.models
+    if any(name in prediction.probabilities for prediction in result.predictions)
+  }
+  if not panels:
+    panels = {'no model could score': np.full((len(result.predictions), num_classes), np.nan)}
   starts, ends = zip(*result.spans, strict=True)
-  title = f'{os.path.basename(result.path)}: {which}'
+  title = os.path.basename(result.path)
   if predictor.num_members > 1:
-    title += f', ensemble of {predictor.num_members} members'
+    title += f': ensemble of {predictor.num_members} members'
   if predictor.data_settings.get('stand_in_extractors'):
     title += ' (UNTRAINED stand-in extractors)'
-  return render.timeline_png(path, starts, ends, series, predictor.class_names, title)
+  return render.timeline_png(path, starts, ends, panels, predictor.class_names, title)
 
 
 def annotate(result: FileResult, destination: str, predictor: Predictor) -> dict:
@@ -802,6 +857,14 @@ def run(
   if timeline_dir is None:
     timeline_dir = os.path.dirname(os.path.abspath(output)) if output else os.getcwd()
   print('\n'.join(header_lines(predictor)), file=stdout)
+  if 'visual' in predictor.models:
+    longest = predictor.config.data.max_frames / scorer.settings.fps
+    if max(window_seconds, scorer.clip_seconds) > longest:
+      print(
+        f'  note: the visual model reads at most {predictor.config.data.max_frames} frames ({longest:.1f} s at '
+        f'{scorer.settings.fps:g} fps), as in training: longer clips and windows are cut.',
+        file=stdout,
+      )
   if ignored:
     shown = ', '.join(os.path.basename(path) for path in ignored[:3]) + (', ...' if len(ignored) > 3 else '')
     print(f'  ignored {len(ignored)} file(s) that are not media: {shown}', file=stdout)

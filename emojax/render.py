@@ -1,6 +1,7 @@
 """Pictures of predictions over time: the timeline PNG and the annotated copy of a video.
 
-`timeline_png` draws each emotion's probability over a recording's windows; `annotate_video`
+`timeline_png` draws each emotion's probability over a recording's windows, a panel per
+model; `annotate_video`
 re-encodes a video with the face box and a bar chart of the current window's probabilities
 on every frame, keeping its audio. Both take plain arrays (window times, probabilities, face
 boxes), so they know nothing of how the numbers were made.
@@ -48,19 +49,20 @@ def timeline_png(
   path: str,
   starts: Sequence[float],
   ends: Sequence[float],
-  probabilities: np.ndarray,
+  panels: dict[str, np.ndarray],
   class_names: Sequence[str],
   title: str,
 ) -> str:
-  """Writes a PNG of each class's probability over time, one line per class, the top class shaded.
+  """Writes a PNG of each class's probability over time: one panel per model, one line per class, the top shaded.
 
   Args:
     path: the PNG to write (its directory is created).
     starts: [W] window start times in seconds.
     ends: [W] window end times.
-    probabilities: [W, classes]; a row of NaN (no model could score that window) leaves a gap.
+    panels: panel title (such as a model's name) -> [W, classes] probabilities; a row of NaN
+      (the model could not score that window) leaves a gap.
     class_names: the classes in label order.
-    title: the plot's title.
+    title: the figure's title.
 
   Returns:
     `path`.
@@ -68,23 +70,24 @@ def timeline_png(
   from matplotlib.figure import Figure  # The object API: no pyplot state, no display backend.
 
   starts, ends = np.asarray(starts, float), np.asarray(ends, float)
-  probabilities = np.asarray(probabilities, float)
   centres = (starts + ends) / 2
   edges = window_edges(starts, ends)
-  figure = Figure(figsize=(10, 4), layout='constrained')
-  axes = figure.add_subplot()
   colours = [np.array(class_colour(c)) / 255 for c in range(len(class_names))]
-  for k, row in enumerate(probabilities):
-    if np.all(np.isfinite(row)):
-      axes.axvspan(edges[k], edges[k + 1], color=colours[int(row.argmax())], alpha=0.15, linewidth=0)
-  for c, name in enumerate(class_names):
-    axes.plot(centres, probabilities[:, c], color=colours[c], label=name, marker='.' if len(centres) < 40 else None)
-  axes.set_xlim(edges[0], edges[-1])
-  axes.set_ylim(0, 1)
-  axes.set_xlabel('time (s); each point is a window, at its centre; shading: the top emotion')
-  axes.set_ylabel('probability')
-  axes.set_title(title, fontsize=10)
-  axes.legend(loc='center left', bbox_to_anchor=(1.01, 0.5), frameon=False)
+  figure = Figure(figsize=(10, 1.2 + 2.4 * len(panels)), layout='constrained')
+  figure.suptitle(title, fontsize=10)
+  all_axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+  for axes, (name, probabilities) in zip(all_axes, panels.items(), strict=True):
+    probabilities = np.asarray(probabilities, float)
+    for k, row in enumerate(probabilities):
+      if np.all(np.isfinite(row)):
+        axes.axvspan(edges[k], edges[k + 1], color=colours[int(row.argmax())], alpha=0.15, linewidth=0)
+    for c, label in enumerate(class_names):
+      axes.plot(centres, probabilities[:, c], color=colours[c], label=label, marker='.' if len(centres) < 40 else None)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel(f'{name}\nprobability')
+  all_axes[0].set_xlim(edges[0], edges[-1])
+  all_axes[0].legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
+  all_axes[-1].set_xlabel('time (s); each point is a window, at its centre; shading: the top emotion')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path, dpi=100)
   return path

@@ -132,9 +132,9 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def recording(tmp_path_factory):
-  """A 20 s SYNTHETIC recording, 10 fps, in which the emotion changes at 7 s and 14 s."""
+  """A 20 s SYNTHETIC portrait phone video (240 x 320 as shown, stored turned), 10 fps; emotion changes at 7 and 14 s."""
   path = str(tmp_path_factory.mktemp('recording') / 'talk.mp4')
-  synthetic.write_recording(path, seconds=20.0, fps=10.0, **SMALL)
+  synthetic.write_recording(path, seconds=20.0, fps=10.0, width=240, height=320, rotation=90)
   return path
 
 
@@ -312,16 +312,32 @@ def test_a_recording_is_scored_window_by_window_with_a_timeline(recording, score
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   import matplotlib.image
 
-  assert matplotlib.image.imread(str(png)).shape[:2] == (400, 1000)
+  assert matplotlib.image.imread(str(png)).shape[:2] == (840, 1000)  # A panel for each of the three models.
   text = (tmp_path / 'stdout.txt').read_text()
   assert '17 windows of 4 s' in text and f'timeline: {png}' in text
 
   with av.open(recording) as source, av.open(str(annotated)) as copy:
     assert copy.streams.audio and copy.streams.audio[0].codec_context.name == 'aac'
+    # Upright, as the face boxes were found.
+    assert (copy.streams.video[0].codec_context.width, copy.streams.video[0].codec_context.height) == (240, 320)
     source_frames = sum(1 for _ in source.decode(video=0))
     copy_frames = sum(1 for _ in copy.decode(video=0))
   assert copy_frames == source_frames == 200
   assert f'annotated: {annotated} (200 frames, with its audio)' in text
+
+
+def test_real_ravdess_sample(scorer):
+  """A real RAVDESS clip (640x480 letterboxed, 44.1 kHz) and a real wav, where the shared sample exists."""
+  sample = os.path.join(REPO, '..', 'shared', 'data', 'ravdess-sample')
+  video = os.path.join(sample, 'video', 'Actor_01', '01-01-07-02-02-01-01.mp4')
+  wav = os.path.join(sample, 'audio', 'Actor_02', '03-01-05-01-02-01-02.wav')
+  if not (os.path.exists(video) and os.path.exists(wav)):
+    pytest.skip('the real RAVDESS sample is not here (../shared/data/ravdess-sample)')
+  clip = scorer.score_file(video)
+  assert clip.error is None and (clip.embedding.source.width, clip.embedding.source.sample_rate) == (640, 44100)
+  assert set(clip.predictions[0].probabilities) == {'audio', 'visual', 'stacker'}
+  voice = scorer.score_file(wav)
+  assert set(voice.predictions[0].probabilities) == {'audio'} and voice.embedding.source.sample_rate == 48000
 
 
 def test_windows_on_request_for_a_short_file(media, scorer):
