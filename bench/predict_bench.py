@@ -91,11 +91,14 @@ def main(argv):
   del argv
   from emojax import cli
 
+  cli.filter_start_up_noise()
   cli.hide_gpus_from_tensorflow()
   from emojax import predict
 
   if not os.path.isfile(os.path.join(FLAGS.workdir, 'config.json')):
-    raise SystemExit(f'predict_bench: {FLAGS.workdir} is not a trained run: run ./launch.sh demo first, or pass --workdir.')
+    raise SystemExit(
+      f'predict_bench: {FLAGS.workdir} is not a trained run: run ./launch.sh demo first, or pass --workdir.'
+    )
   cache_dir = FLAGS.cache_dir or os.path.join(os.path.dirname(os.path.abspath(FLAGS.workdir)), 'cache')
   print(f'CPUs: {len(os.sched_getaffinity(0))}; load average at start: {_load_average()} (a shared machine: noisy).')
   clip, recording = _media(FLAGS.work_dir)
@@ -116,7 +119,9 @@ def main(argv):
     result = scorer.score_file(clip)
     assert result.error is None and result.windows is None, result.error
     seconds.append(result.seconds)
-    print(f'clip {FLAGS.clip_size} {FLAGS.clip_seconds:g} s, run {repeat + 1}: {result.seconds:.2f} s ({_stages(result)})')
+    print(
+      f'clip {FLAGS.clip_size} {FLAGS.clip_seconds:g} s, run {repeat + 1}: {result.seconds:.2f} s ({_stages(result)})'
+    )
   print(f'clip: median {statistics.median(seconds):.2f} s end to end after load (goal <= 3 s)')
 
   # The batch of windows compiles once, the first time a recording is scored; timed apart.
