@@ -174,7 +174,7 @@ class Predictor:
         'train on TFRecords from data_prep/build_tfrecords.py to score media.'
       )
     self.class_names = tuple(self.data_settings['classes'])
-    self.models = tuple(self.config.models)
+    self.models = tuple(name for name in models.MODELS if name in self.config.models)  # The stacker last.
     self.member_names = _member_names(workdir, self.config)
     self.mesh = train.make_mesh()
     # Rows per batch: the run's batch size, a multiple of this machine's devices.
