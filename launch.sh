@@ -27,6 +27,10 @@ usage: ./launch.sh VERB [ARGS...]
   eval WORKDIR [--config.x=y ...]
                                 recompute WORKDIR/report.json from the best checkpoints of its
                                 finished stages (an unfinished one is named and left out)
+  predict WORKDIR PATH... [FLAGS...]
+                                emotions in any video or audio file (or directory of them) with
+                                WORKDIR's models: a table per file, a timeline for long ones;
+                                --output=FILE.jsonl|FILE.csv, --annotate=OUT.mp4 (see --help)
   tensorboard WORKDIR           serve WORKDIR's TensorBoard logs on port 6006
   install                       only install (idempotent)
 
@@ -83,10 +87,23 @@ run_demo() {
   local demo_dir="${EMOJAX_DEMO_DIR:-$ROOT/demo_out}"
   local start=$SECONDS
   echo "[emojax] demo in $demo_dir: SYNTHETIC clips, UNTRAINED stand-in extractors."
+  # One clip is held back from preparation, for predict to score at the end.
+  local held_out_name="Actor_04/01-01-05-02-02-02-04.mp4"  # anger, strong, actor 4's last take
+  local held_out="$demo_dir/held_out/$(basename "$held_out_name")"
   if [[ ! -f "$demo_dir/clips/.complete" ]]; then
     python -m data_prep.synthetic --output_dir="$demo_dir/clips" --num_actors=4 \
       --width=320 --height=240 --seconds=2.5 --seed=0
+    mkdir -p "$demo_dir/held_out"
+    mv "$demo_dir/clips/$held_out_name" "$held_out"
     touch "$demo_dir/clips/.complete"
+  elif [[ ! -f "$held_out" ]]; then
+    # A demo directory from before clips were held back: its models saw this clip.
+    mkdir -p "$demo_dir/held_out"
+    cp "$demo_dir/clips/$held_out_name" "$held_out"
+    echo "[emojax] note: $demo_dir predates the held-out clip; its models were trained on $held_out_name too."
+  fi
+  if [[ ! -f "$demo_dir/recording.mp4" ]]; then
+    python -m data_prep.synthetic --recording="$demo_dir/recording.mp4" --seconds=20 --seed=0
   fi
   python "$ROOT/data_prep/build_tfrecords.py" --input_dir="$demo_dir/clips" \
     --output_dir="$demo_dir/tfrecords" --vgg16_weights=random --vggish_handle=random \
@@ -94,10 +111,17 @@ run_demo() {
   python -m emojax.main --config="$ROOT/configs/stack.py:demo" --workdir="$demo_dir/workdir" \
     --config.data.dir="$demo_dir/tfrecords" "$@"
   echo
+  echo "[emojax] predict: the held-out clip (anger) and a 20 s recording (neutral, anger at 6.67 s, happiness at 13.33 s)."
+  python -m emojax.predict --workdir="$demo_dir/workdir" "$held_out" "$demo_dir/recording.mp4" \
+    --output="$demo_dir/predictions/predictions.jsonl" --cache_dir="$demo_dir/cache"
+  echo
   echo "[emojax] demo finished in $((SECONDS - start)) s."
   echo "  report:       $demo_dir/workdir/report.json"
+  echo "  predictions:  $demo_dir/predictions/predictions.jsonl"
+  echo "  timeline:     $demo_dir/predictions/recording.mp4.timeline.png"
   echo "  TensorBoard:  ./launch.sh tensorboard $demo_dir/workdir"
   echo "  eval again:   ./launch.sh eval $demo_dir/workdir"
+  echo "  predict:      ./launch.sh predict $demo_dir/workdir YOUR_VIDEO.mp4"
   echo "These numbers come from SYNTHETIC clips and UNTRAINED (random-weight) extractors: they"
   echo "show that the whole system runs end to end, not how well it recognises real people."
   echo "For real results, see 'Real use' in README.md."
@@ -143,6 +167,12 @@ case "$verb" in
     fi
     exec python -m emojax.main --config="$ROOT/configs/from_workdir.py:$workdir" --workdir="$workdir" \
       --config.mode=eval "$@"
+    ;;
+  predict)
+    [[ $# -ge 2 ]] || { usage; exit 2; }
+    ensure_installed
+    workdir="$1"; shift
+    exec python -m emojax.predict --workdir="$workdir" "$@"
     ;;
   tensorboard)
     [[ $# -ge 1 ]] || { usage; exit 2; }

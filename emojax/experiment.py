@@ -38,6 +38,7 @@ from emojax import input_pipeline, lock, models, partitions, report, train
 PARTITIONS_FILENAME = 'partitions.json'
 CONFIG_FILENAME = 'config.json'
 FINGERPRINT_FILENAME = 'fingerprint.json'
+DATA_SETTINGS_FILENAME = 'data_settings.json'
 STACKER_PARTITIONS = ('stack_train', 'stack_val', 'test')
 # Config fields that do not change what a run computes, so a workdir may be resumed or
 # evaluated with other values: what the run does with it, how often it logs and saves, where
@@ -80,6 +81,10 @@ class Paths:
   @property
   def fingerprint(self) -> str:
     return os.path.join(self.workdir, FINGERPRINT_FILENAME)
+
+  @property
+  def data_settings(self) -> str:
+    return os.path.join(self.workdir, DATA_SETTINGS_FILENAME)
 
   def done(self, name: str) -> str:
     return os.path.join(self.stage(name), train.DONE_FILENAME)
@@ -277,6 +282,7 @@ def check_workdir(paths: Paths, config, clips, info: dict, folds, *, is_training
     if not os.path.exists(paths.fingerprint):
       report.write_json(paths.fingerprint, current)
     report.write_json(paths.config, config_json)
+    report.write_json(paths.data_settings, data_settings(info, config))  # What predict needs of the data.
     if not os.path.exists(paths.partitions):
       report.write_json(paths.partitions, partitions_json)
 
@@ -405,6 +411,31 @@ def _test(state, name, test_data, config, mesh) -> list[dict]:
   return results
 
 
+def data_settings(info: dict, config) -> dict:
+  """What scoring new media needs of the data a run trained on, so it works without the TFRecords.
+
+  Args:
+    info: the data's dataset_info.json.
+    config: the run's config.
+
+  Returns:
+    {'schema_version', 'settings' (how clips were embedded: fps, image size, face detection,
+    min_audio_seconds, on_no_face, modalities, the extractor flags), 'extractors' (their
+    identities), 'feature_dims', 'class_set', 'classes' (in label order), 'stand_in_extractors',
+    'fake' (random embeddings from `emojax.fake_records`, which no media file can be embedded as)}.
+  """
+  return {
+    'schema_version': info.get('schema_version'),
+    'settings': info.get('settings', {}),
+    'extractors': info.get('extractors', {}),
+    'feature_dims': info.get('feature_dims', {}),
+    'class_set': config.data.classes,
+    'classes': list(partitions.class_names(config)),
+    'stand_in_extractors': input_pipeline.uses_stand_in_extractors(info),
+    'fake': bool(info.get('fake')),
+  }
+
+
 def check_config(config) -> None:
   """Refuses config values that would fail later, before anything is read or compiled."""
   unknown = [m for m in config.models if m not in models.MODELS]
@@ -432,7 +463,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Args:
     config: see configs/default.py.
-    workdir: checkpoints, TensorBoard events, features, config.json and report.json.
+    workdir: checkpoints, TensorBoard events, features, config.json, data_settings.json (how the data
+      was embedded, for prediction) and report.json.
 
   Returns:
     The report written to `workdir/report.json` (see `emojax.report.make_report`).

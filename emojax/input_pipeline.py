@@ -363,6 +363,40 @@ def _check_records(records: Sequence[dict], paths: Sequence[str], info: dict, in
       raise ValueError(f'Clip {clip.decode()} in {path} has {problem}: {advice}.')
 
 
+def pack_embeddings(
+  visual: Sequence[np.ndarray | None], audio: Sequence[np.ndarray | None], max_frames: int, num_audio_frames: int
+) -> Split:
+  """Clips' embeddings -> the fixed-shape arrays the models read, as training packs them.
+
+  `load_clips` packs the TFRecords' clips with it and prediction packs new recordings with it,
+  so both give a model the same inputs for the same embeddings.
+
+  Args:
+    visual: per clip, [frames, 512] VGG16 rows, or None (or no rows) without video.
+    audio: per clip, [rows, 128] VGGish rows, or None (or no rows) without audio.
+    max_frames: `config.data.max_frames`; longer clips are cut.
+    num_audio_frames: `config.model.audio.num_audio_frames`; zero rows are appended or extra rows cut.
+
+  Returns:
+    visual [N, max_frames, 512] float32, zero after each clip's end; num_frames [N] int32 in
+    1..max_frames; audio [N, num_audio_frames, 128] float32.
+  """
+  n = len(visual)
+  packed = {
+    'visual': np.zeros((n, max_frames, schema.VISUAL_DIM), np.float32),
+    'num_frames': np.zeros((n,), np.int32),
+    'audio': np.zeros((n, num_audio_frames, schema.AUDIO_DIM), np.float32),
+  }
+  for i, (frames, rows) in enumerate(zip(visual, audio, strict=True)):
+    frames = np.zeros((0, schema.VISUAL_DIM), np.float32) if frames is None else frames[:max_frames]
+    packed['visual'][i, : len(frames)] = frames
+    # A clip without frames is kept as one zero frame: an LSTM over no frame has no last state.
+    packed['num_frames'][i] = max(1, len(frames))
+    rows = np.zeros((0, schema.AUDIO_DIM), np.float32) if rows is None else rows[:num_audio_frames]
+    packed['audio'][i, : len(rows)] = rows
+  return packed
+
+
 def load_clips(config) -> tuple[Split, dict]:
   """Reads every shard of `config.data.dir` into host arrays, sorted by clip id.
 
@@ -428,17 +462,8 @@ def load_clips(config) -> tuple[Split, dict]:
     )
 
   n = len(records)
-  visual = np.zeros((n, max_frames, schema.VISUAL_DIM), np.float32)
-  audio = np.zeros((n, num_audio_frames, schema.AUDIO_DIM), np.float32)
-  num_frames = np.zeros((n,), np.int32)
   lengths = np.array([len(r['visual']) for r in records])
-  for i, r in enumerate(records):
-    frames = r['visual'][:max_frames]
-    visual[i, : len(frames)] = frames
-    # A clip without frames is kept as one zero frame: an LSTM over no frame has no last state.
-    num_frames[i] = max(1, len(frames))
-    rows = r['audio'][:num_audio_frames]
-    audio[i, : len(rows)] = rows
+  packed = pack_embeddings([r['visual'] for r in records], [r['audio'] for r in records], max_frames, num_audio_frames)
   if np.any(lengths > max_frames):
     logging.warning(
       '%d of %d clips are longer than data.max_frames=%d (longest %d frames) and were cut; raise data.max_frames '
@@ -451,9 +476,7 @@ def load_clips(config) -> tuple[Split, dict]:
   if np.any(lengths == 0) and 'visual' in dataset_modalities(info):  # Audio-only builds have none by design.
     logging.warning('%d clips have no visual frames; each is given one zero frame.', int(np.sum(lengths == 0)))
   clips = {
-    'visual': visual,
-    'num_frames': num_frames,
-    'audio': audio,
+    **packed,
     'label': np.array([label_of[int(r['emotion_code'])] for r in records], np.int32),
     'actor': np.array([r['actor'] for r in records], np.int32),
     'gender': np.array([r['gender'] for r in records], np.int32),
