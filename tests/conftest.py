@@ -1,6 +1,33 @@
-"""Fixtures shared by the data_prep tests."""
+"""Fixtures shared by the tests."""
+
+import os
 
 import pytest
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent JAX compilation cache for the session, the test processes and those they start.
+
+  Many tests train the same tiny models in fresh processes (the command line, restarts after a
+  kill, several hosts); loading a step compiled before instead of compiling it again changes
+  how long they take, not what they compute.
+  """
+  import jax
+
+  directory = str(tmp_path_factory.mktemp('jax_compilation_cache'))
+  previous = {
+    key: os.environ.get(key) for key in ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')
+  }
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=directory, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  yield directory
+  for key, value in previous.items():
+    if value is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = value
 
 
 @pytest.fixture(scope='session')

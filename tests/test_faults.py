@@ -266,8 +266,6 @@ def test_killed_anywhere_resumes_to_the_same_report(data_dir, tmp_path):
     at(rng.uniform(0.2, 0.5) * duration),
     between_stages(),
     feature_pass(),
-    saving(int(rng.integers(1, EPOCHS))),
-    at(rng.uniform(0.2, 0.5) * duration),
     before_report(),
   ]
   workdir = str(tmp_path / 'killed')

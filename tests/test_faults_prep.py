@@ -6,7 +6,7 @@ byte, dataset_info.json apart from its 'run' timings.
 
 Kill points (SIGKILL), each followed by a rerun of the same build that must complete with the
 reference's outputs: one while a shard is being written, one while dataset_info.json is
-being written, and EMOJAX_KILL_POINTS (default 2) at seeded random times drawn over the
+being written, and EMOJAX_KILL_POINTS (default 1) at seeded random times drawn over the
 measured duration of an uninterrupted build from the command line. The build killed while
 writing dataset_info.json is also the live build a second one is refused by; two tasks of a
 --num_tasks=2 fan-out start at once into one directory and must end with what one task builds.
@@ -33,7 +33,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO_ROOT, 'data_prep', 'build_tfrecords.py')
 NUM_CLIPS = NUM_SHARDS = 4  # One clip per shard: most of a build's clip time is spent inside an open shard.
 KILL_SEED = 10
-NUM_RANDOM_KILLS = int(os.environ.get('EMOJAX_KILL_POINTS', '2'))
+NUM_RANDOM_KILLS = int(os.environ.get('EMOJAX_KILL_POINTS', '1'))
 # Runs the build's command line, except that dataset_info.json stops halfway through being
 # written: the build says so on stdout and waits there to be killed.
 _STALL_IN_DATASET_INFO = """

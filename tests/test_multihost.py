@@ -43,7 +43,7 @@ def start(workdir: str, data_dir: str, *, devices: int, layout: dict | None = No
     '--config=configs/stack.py:smoke',
     f'--workdir={workdir}',
     f'--config.data.dir={data_dir}',
-    '--config.num_epochs=3',
+    '--config.num_epochs=2',
     '--config.data.max_frames=16',
     '--config.data.time_bucket=16',
     '--config.checkpoint_every_secs=0',  # A collective save every epoch.
@@ -119,4 +119,4 @@ def test_two_processes_train_the_stack_as_one_process_does(tmp_path):
     key: value for key, value in one.items() if key != 'provenance'
   }
   assert two_predictions == one_predictions
-  assert two['training']['audio']['epochs_run'] == 3
+  assert two['training']['audio']['epochs_run'] == 2
