@@ -4,30 +4,21 @@ import numpy as np
 import pytest
 
 from configs import default
-from emojax import fake_records, input_pipeline, partitions, ravdess
+from emojax import partitions, ravdess
 
 
-def _config(data_dir, **data_overrides):
+def _config(**data_overrides):
+  """The smoke config with `config.data` fields overridden."""
   config = default.get_config('smoke')
-  config.data.dir = str(data_dir)
-  config.data.max_frames = 24
   for key, value in data_overrides.items():
     setattr(config.data, key, value)
   return config
 
 
 @pytest.fixture(scope='module')
-def six_actor_dir(tmp_path_factory):
-  """6 actors x 28 clips (4 per class), frames 5..30 so some clips exceed max_frames=24."""
-  return fake_records.write_fake_dataset(
-    str(tmp_path_factory.mktemp('six_actors')), num_actors=6, clips_per_actor=28, min_frames=5, max_frames=30
-  )
-
-
-@pytest.fixture(scope='module')
-def clips(six_actor_dir):
-  clips, _ = input_pipeline.load_clips(_config(six_actor_dir))
-  return clips
+def clips():
+  """6 actors x 28 clips, 4 per class, as load_clips returns their metadata."""
+  return metadata(num_actors=6, clips_per_class=4)
 
 
 def make_fold(clips, config):
@@ -36,7 +27,7 @@ def make_fold(clips, config):
 
 
 def test_random_partitions_disjoint_stratified_deterministic(clips):
-  config = _config('unused')
+  config = _config()
   parts = make_fold(clips, config)
   everything = np.concatenate(list(parts.values()))
   assert len(everything) == len(np.unique(everything)) == len(clips['label'])  # Disjoint, cover all clips.
@@ -54,7 +45,7 @@ def test_random_partitions_disjoint_stratified_deterministic(clips):
 
 
 def test_actor_partitions_share_no_actor_and_are_gender_balanced(clips):
-  config = _config('unused', protocol='actor', actor_split=(2, 2, 2))
+  config = _config(protocol='actor', actor_split=(2, 2, 2))
   parts = make_fold(clips, config)
   groups = {
     'base': np.concatenate([parts['base_train'], parts['base_val']]),
@@ -68,24 +59,23 @@ def test_actor_partitions_share_no_actor_and_are_gender_balanced(clips):
   assert make_fold(clips, config)['test'].tolist() == parts['test'].tolist()
 
 
-def test_actor_protocol_on_four_actors_names_partition_and_counts(tmp_path):
-  data_dir = fake_records.write_fake_dataset(str(tmp_path), num_actors=4, clips_per_actor=7, max_frames=12)
-  config = _config(data_dir, protocol='actor')  # Default actor_split (12, 6, 6).
-  four, _ = input_pipeline.load_clips(config)
+def test_actor_protocol_on_four_actors_names_partition_and_counts():
+  config = _config(protocol='actor')  # Default actor_split (12, 6, 6).
+  four = metadata(num_actors=4, clips_per_class=1)
   with pytest.raises(ValueError, match=r"partition 'base' with 2 male \+ 2 female actors \(28 clips.*asks for 6 \+ 6"):
     make_fold(four, config)
 
 
 def test_random_protocol_missing_class_names_partition(clips):
-  config = _config('unused', fractions=(0.98, 0.01, 0.01))
+  config = _config(fractions=(0.98, 0.01, 0.01))
   with pytest.raises(ValueError, match=r"partition 'stack_train' with 0 clips, per class \{'anger': 0"):
     make_fold(clips, config)
 
 
-def test_thesis_75_percent_variant_keeps_the_same_test_clips(six_actor_dir, clips):
+def test_thesis_75_percent_variant_keeps_the_same_test_clips(clips):
   # Base models trained on base + stack (the thesis' 68% / 72% rows) are tested on the same clips.
-  thesis = make_fold(clips, _config(six_actor_dir))
-  config = _config(six_actor_dir, fractions=(0.75, 0.0, 0.25))
+  thesis = make_fold(clips, _config())
+  config = _config(fractions=(0.75, 0.0, 0.25))
   config.models = ('audio', 'visual')
   wider = make_fold(clips, config)
   np.testing.assert_array_equal(wider['test'], thesis['test'])
@@ -111,21 +101,13 @@ def metadata(num_actors=24, clips_per_class=8):
   }
 
 
-def folds_config(protocol, **data_overrides):
-  config = default.get_config()
-  config.data.protocol = protocol
-  for key, value in data_overrides.items():
-    setattr(config.data, key, value)
-  return config
-
-
 def actors_of(clips, indices):
   return set(clips['actor'][indices].tolist())
 
 
 def test_emobox_folds_test_every_actor_once_and_keep_partitions_actor_disjoint():
   clips = metadata()
-  folds = partitions.make_folds(clips, folds_config('actor_folds'))
+  folds = partitions.make_folds(clips, _config(protocol='actor_folds'))
   assert [fold.test_actors for fold in folds] == [tuple(sorted(group)) for group in partitions.EMOBOX_FOLDS]
   assert sorted(a for fold in folds for a in fold.test_actors) == list(range(1, 25))
   for fold in folds:
@@ -143,18 +125,18 @@ def test_emobox_folds_test_every_actor_once_and_keep_partitions_actor_disjoint()
 
 def test_loso_has_one_fold_per_actor_and_only_folds_keeps_their_indices():
   clips = metadata()
-  folds = partitions.make_folds(clips, folds_config('loso'))
+  folds = partitions.make_folds(clips, _config(protocol='loso'))
   assert [fold.test_actors for fold in folds] == [(a,) for a in range(1, 25)]
-  some = partitions.make_folds(clips, folds_config('loso', only_folds=(3, 17)))
+  some = partitions.make_folds(clips, _config(protocol='loso', only_folds=(3, 17)))
   assert [(fold.index, fold.test_actors) for fold in some] == [(3, (4,)), (17, (18,))]
   assert all(np.array_equal(some[0].parts[p], folds[3].parts[p]) for p in partitions.PARTITIONS)
   with pytest.raises(ValueError, match=r'only_folds names folds \[30\]'):
-    partitions.make_folds(clips, folds_config('loso', only_folds=(30,)))
+    partitions.make_folds(clips, _config(protocol='loso', only_folds=(30,)))
 
 
 def test_random_folds_test_every_clip_once_stratified():
   clips = metadata(num_actors=6)
-  folds = partitions.make_folds(clips, folds_config('random_folds', num_folds=4))
+  folds = partitions.make_folds(clips, _config(protocol='random_folds', num_folds=4))
   tested = np.concatenate([fold.parts['test'] for fold in folds])
   assert sorted(tested.tolist()) == list(range(len(clips['label'])))
   for fold in folds:
@@ -166,7 +148,7 @@ def test_random_folds_test_every_clip_once_stratified():
 
 def test_validation_by_actor_holds_out_whole_training_actors():
   clips = metadata()
-  (fold,) = partitions.make_folds(clips, folds_config('actor_folds', val_by_actor=True, only_folds=(0,)))
+  (fold,) = partitions.make_folds(clips, _config(protocol='actor_folds', val_by_actor=True, only_folds=(0,)))
   for part in ('base', 'stack'):
     train, val = actors_of(clips, fold.parts[f'{part}_train']), actors_of(clips, fold.parts[f'{part}_val'])
     assert val and not train & val, part
@@ -181,14 +163,14 @@ def test_validation_by_actor_holds_out_whole_training_actors():
 )
 def test_bad_folds_name_the_actors(folds, message):
   with pytest.raises(ValueError, match=message):
-    partitions.make_folds(metadata(num_actors=6), folds_config('actor_folds', folds=folds))
+    partitions.make_folds(metadata(num_actors=6), _config(protocol='actor_folds', folds=folds))
 
 
 def test_a_fold_without_a_class_names_the_fold_partition_and_counts():
   clips = metadata(num_actors=6)
   keep = ~((clips['actor'] == 2) & (clips['label'] == 3))  # Actor 2 has no happiness clip.
   clips = {key: value[keep] for key, value in clips.items()}
-  config = folds_config('actor_folds', folds=((1,), (2,), (3, 4), (5, 6)))
+  config = _config(protocol='actor_folds', folds=((1,), (2,), (3, 4), (5, 6)))
   with pytest.raises(
     ValueError, match=r"fold 1 of protocol 'actor_folds' leaves partition 'test' with 48 clips, .*'happiness': 0"
   ):
