@@ -91,15 +91,15 @@ def create_train_state(
 
 
 def create_member_states(optimizer_config, model: nn.Module, keys: jax.Array, example_batch: dict) -> TrainState:
-  """K members' states stacked on a leading axis, Adamax as `config.optimizer`; `keys` [K], `example_batch` [K, batch, ...]."""
+  """K members' states stacked on a leading axis, Adamax as `config.optimizer`; `keys` [K], `example_batch` [K, batch, ...].
+
+  Run op by op, not jitted: the LSTM's orthogonal initialiser is a batched LAPACK QR, and in
+  one compiled program two of them (one per layer) can each wait, on a 2-thread CPU pool, for
+  work queued behind the other: jaxlib 0.10.2 deadlocks there.
+  """
   member_batch = jax.tree.map(lambda x: x[0], example_batch)
-  return _jitted_create(model, _optimizer(optimizer_config))(keys, member_batch)
-
-
-@functools.cache
-def _jitted_create(model: nn.Module, tx: optax.GradientTransformation):
-  # One compiled program: run op by op, initialising a vmapped LSTM costs more than compiling it.
-  return jax.jit(jax.vmap(functools.partial(create_train_state, tx, model), in_axes=(0, None)))
+  tx = _optimizer(optimizer_config)
+  return jax.vmap(lambda key: create_train_state(tx, model, key, member_batch))(keys)
 
 
 def _optimizer(optimizer_config) -> optax.GradientTransformation:
