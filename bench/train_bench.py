@@ -78,6 +78,12 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument('--threads', type=int, default=os.cpu_count(), help='TensorFlow intra- and inter-op threads')
   parser.add_argument('--skip_keras', action='store_true', help='time emojax alone (no comparison)')
   parser.add_argument('--members', type=int, default=6, help='--mode=lstm: members of the vmapped run')
+  parser.add_argument(
+    '--length_chunk',
+    type=int,
+    default=8,
+    help='--mode=lstm and folds: batches per length-sorted chunk (0: skip those runs)',
+  )
   parser.add_argument('--seed', type=int, default=0)
   return parser.parse_args()
 
@@ -183,7 +189,12 @@ class EmojaxRunner:
 
   def _batches(self, epoch: int):
     return input_pipeline.member_batches(
-      self.data, self.config.batch_size, keys=self.keys, epoch=epoch, time_bucket=self.config.data.time_bucket
+      self.data,
+      self.config.batch_size,
+      keys=self.keys,
+      epoch=epoch,
+      time_bucket=self.config.data.time_bucket,
+      length_chunk=self.config.data.length_chunk,
     )
 
   def _one_batch_per_shape(self):
@@ -422,6 +433,13 @@ def lstm_mode(args, config, clips, mesh) -> None:
     print(f'{name}: compiled in {runners[name].compile_seconds:.1f} s', flush=True)
   members = [dataclasses.replace(member, shuffle_seed=(config.seed, 2, 1, k)) for k in range(args.members)]
   runners[f'{args.members} members, custom_vjp'] = EmojaxRunner('visual', config, members, mesh, args.epochs)
+  if args.length_chunk:
+    chunked = ml_collections.ConfigDict(config.to_dict())
+    chunked.data.length_chunk = args.length_chunk
+    runners[f'custom_vjp, length chunks of {args.length_chunk}'] = EmojaxRunner(
+      'visual', chunked, [member], mesh, args.epochs
+    )
+    runners[f'{args.members} members, length chunks'] = EmojaxRunner('visual', chunked, members, mesh, args.epochs)
   medians = alternate(runners, args.epochs)
   base = medians['flax nn.RNN (before)']
   print(f'\nvisual LSTM, one epoch of {args.num_clips} clips (median of {args.epochs}); speed-up over the old layer:')
@@ -451,6 +469,15 @@ def folds_mode(args, config, clips, mesh) -> None:
     for epoch in range(1, args.epochs + 1):
       runner.epoch(epoch)
   print(f'emojax, {len(data)} members in one program: {six.wall:.1f} s (compile {runner.compile_seconds:.1f} s)')
+  chunked = None
+  if args.length_chunk:
+    chunked_config = ml_collections.ConfigDict(config.to_dict())
+    chunked_config.data.length_chunk = args.length_chunk
+    with Timer() as chunked:
+      runner = EmojaxRunner('visual', chunked_config, data, mesh, args.epochs)
+      for epoch in range(1, args.epochs + 1):
+        runner.epoch(epoch)
+    print(f'emojax, {len(data)} members, length chunks of {args.length_chunk}: {chunked.wall:.1f} s', flush=True)
   if args.skip_keras:
     return
   longest = int(clips['num_frames'].max())
@@ -464,6 +491,11 @@ def folds_mode(args, config, clips, mesh) -> None:
     f'\n{args.epochs} epochs per fold, compile included: Keras loop / emojax members {loop.wall / six.wall:.2f}x; '
     f'emojax {len(data)} members / one member {six.wall / one.wall:.2f}x'
   )
+  if chunked is not None:
+    print(
+      f'with length chunks of {args.length_chunk} (data.length_chunk): Keras loop / emojax members '
+      f'{loop.wall / chunked.wall:.2f}x; emojax {len(data)} members / one member {chunked.wall / one.wall:.2f}x'
+    )
 
 
 def main():

@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.max_frames = 256
   # Each batch's time axis is cut to its longest clip rounded up to this: few recompiles.
   config.data.time_bucket = 32
+  # > 0: training batches are cut from length-sorted chunks of this many batches, so the LSTM
+  # steps through less padding (faster); 0: random batches, as Keras' fit (the thesis).
+  config.data.length_chunk = 0
   # How embeddings (and the stacker's inputs) are scaled, with statistics of each stage's
   # training partition only: 'none' (raw, as the thesis), 'global' (one mean and std per
   # stream, which keeps the dimensions' relative scale) or 'per_dim' (a z-score per dimension).

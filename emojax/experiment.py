@@ -122,7 +122,9 @@ def _stage(config, name: str, paths: Paths, members, train_data, val_data) -> tr
   options = dict(keys=keys, time_bucket=config.data.time_bucket)
 
   def train_batches(epoch, active):
-    return input_pipeline.member_batches(train_data, config.batch_size, epoch=epoch, active=active, **options)
+    return input_pipeline.member_batches(
+      train_data, config.batch_size, epoch=epoch, active=active, length_chunk=config.data.length_chunk, **options
+    )
 
   def val_batches():
     return input_pipeline.member_batches(val_data, config.batch_size, **options)

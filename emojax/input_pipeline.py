@@ -604,6 +604,30 @@ class MemberData:
       return self.indices
     return self.indices[np.random.default_rng([*self.shuffle_seed, epoch]).permutation(len(self.indices))]
 
+  def batch_rows(self, epoch: int, batch_size: int, length_chunk: int = 0) -> list[np.ndarray]:
+    """The member's batches of one epoch, as row indices.
+
+    With `length_chunk` (and a shuffle), the epoch's order is cut into chunks of that many
+    batches, each chunk sorted by clip length and cut into batches, so a batch's clips have
+    about the same number of frames and the LSTM steps through little padding. Within a
+    chunk the batches go in an order drawn from (epoch, chunk) alone, the same for every
+    member: members of one step then hold batches of about the same length rank, and their
+    common time axis stays short too.
+    """
+    order = self.order(epoch)
+    if not length_chunk or self.shuffle_seed is None:
+      return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    lengths = self.arrays['num_frames']
+    rows = []
+    span = length_chunk * batch_size
+    for chunk_index, start in enumerate(range(0, len(order), span)):
+      chunk = order[start : start + span]
+      chunk = chunk[np.argsort(lengths[chunk], kind='stable')]
+      in_chunk = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+      schedule = np.random.default_rng([epoch, chunk_index]).permutation(length_chunk)
+      rows += [in_chunk[rank] for rank in schedule if rank < len(in_chunk)]
+    return rows
+
 
 def member_batches(
   members: Sequence[MemberData],
@@ -613,6 +637,7 @@ def member_batches(
   epoch: int = 0,
   time_bucket: int | None = None,
   active: np.ndarray | None = None,
+  length_chunk: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields [K, batch_size, ...] batches: row k is member k's next batch of its own rows.
 
@@ -629,6 +654,8 @@ def member_batches(
       rounded up to a multiple of it, never past the stored length: padding beyond a
       clip's length is masked anyway, so results do not change and the LSTM skips dead steps.
     active: [K] bool; False gives that member no rows at all.
+    length_chunk: batches of shuffled members are cut from length-sorted chunks of this
+      many batches (`MemberData.batch_rows`); 0 keeps Keras' random batches.
 
   Yields:
     Dicts of [K, batch_size, ...] arrays: `keys` (scaled by each member's statistics),
@@ -636,9 +663,10 @@ def member_batches(
     `num_frames` 1).
   """
   active = np.ones(len(members), bool) if active is None else np.asarray(active, bool)
-  orders = [member.order(epoch) if on else member.indices[:0] for member, on in zip(members, active)]
-  for start in range(0, max(len(order) for order in orders), batch_size):
-    chunks = [order[start : start + batch_size] for order in orders]  # [real_k] each
+  rows = [member.batch_rows(epoch, batch_size, length_chunk) if on else [] for member, on in zip(members, active)]
+  empty = np.zeros(0, np.int64)
+  for step in range(max(len(member_rows) for member_rows in rows)):
+    chunks = [member_rows[step] if step < len(member_rows) else empty for member_rows in rows]  # [real_k] each
     length = None
     if 'visual' in keys:
       longest = max(

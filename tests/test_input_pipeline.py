@@ -185,3 +185,39 @@ def test_global_normalization_keeps_the_relative_scale_of_dimensions(tmp_path):
   kind, (first, second) = input_pipeline.load_normalization(path)
   assert kind == 'global' and float(first['audio'][0]) == float(mean) and float(first['audio'][1]) == float(std)
   assert float(second['audio'][0]) == float(mean) + 1 and float(second['audio'][1]) == float(std) * 2
+
+
+def test_length_chunks_batch_clips_of_similar_length_on_one_schedule_for_all_members():
+  rng = np.random.default_rng(0)
+  n = 64
+  shared = {'num_frames': rng.integers(1, 200, n).astype(np.int32), 'label': np.zeros(n, np.int32)}
+  members = [
+    input_pipeline.MemberData(shared, np.arange(0, 32), shuffle_seed=(0, 2, 1, 0)),
+    input_pipeline.MemberData(shared, np.arange(32, 64), shuffle_seed=(0, 2, 1, 1)),
+  ]
+  random_rows = members[0].batch_rows(epoch=1, batch_size=4)
+  sorted_rows = members[0].batch_rows(epoch=1, batch_size=4, length_chunk=4)
+  # The same clips each epoch, in batches of 4; a chunk of 4 batches holds the same clips either way.
+  assert sorted(np.concatenate(sorted_rows).tolist()) == list(range(32))
+  for chunk in range(2):
+    assert sorted(np.concatenate(sorted_rows[4 * chunk : 4 * chunk + 4]).tolist()) == sorted(
+      np.concatenate(random_rows[4 * chunk : 4 * chunk + 4]).tolist()
+    )
+  # Sorted within a chunk: far less padding to the longest clip of each batch.
+  padding = lambda rows: sum(
+    int(shared['num_frames'][r].max()) * len(r) - int(shared['num_frames'][r].sum()) for r in rows
+  )
+  assert padding(sorted_rows) < padding(random_rows) / 2
+  # Both members take their batches in the same rank order within each chunk.
+  ranks = [
+    [
+      int(np.argsort(np.argsort([shared['num_frames'][b].max() for b in rows[4 * c : 4 * c + 4]]))[i])
+      for c in range(2)
+      for i in range(4)
+    ]
+    for rows in (m.batch_rows(epoch=1, batch_size=4, length_chunk=4) for m in members)
+  ]
+  assert ranks[0] == ranks[1]
+  # Unshuffled data (validation, test) keep their order.
+  plain = input_pipeline.MemberData(shared, np.arange(8))
+  assert [r.tolist() for r in plain.batch_rows(epoch=1, batch_size=4, length_chunk=4)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
