@@ -651,7 +651,7 @@ def member_batches(
     keys: model inputs to include besides `label` and `mask` (e.g. ('visual', 'num_frames')).
     epoch: folded into the members' shuffles.
     time_bucket: when set, `visual` is cut to the longest clip of the batch (all members)
-      rounded up to a multiple of it, never past the stored length: padding beyond a
+      rounded up to a multiple of it, never past the longest clip of the data: padding beyond a
       clip's length is masked anyway, so results do not change and the LSTM skips dead steps.
     active: [K] bool; False gives that member no rows at all.
     length_chunk: batches of shuffled members are cut from length-sorted chunks of this
@@ -672,7 +672,8 @@ def member_batches(
       longest = max(
         int(member.arrays['num_frames'][chunk].max()) for member, chunk in zip(members, chunks) if len(chunk)
       )
-      stored = members[0].arrays['visual'].shape[1]
+      # Never past the data's longest clip (as Keras pads): 80-frame clips stored at 256 run 80 steps, not 96.
+      stored = min(members[0].arrays['visual'].shape[1], max(int(members[0].arrays['num_frames'].max()), 1))
       length = min(-(-longest // time_bucket) * time_bucket, stored) if time_bucket else stored
     batch = {}
     for key in (*keys, 'label'):

@@ -79,6 +79,8 @@ def test_batches_pad_mask_and_bucket_time():
   out = list(input_pipeline.batches(split, 4, keys=('visual', 'num_frames'), time_bucket=8))
   assert [b['mask'].tolist() for b in out] == [[True] * 4, [True] * 4, [True, True, False, False]]
   assert [b['visual'].shape for b in out] == [(4, 16, 3), (4, 40, 3), (4, 8, 3)]  # Longest clip rounded up to 8.
+  coarse = input_pipeline.batches(split, 4, keys=('visual', 'num_frames'), time_bucket=32)
+  assert [b['visual'].shape[1] for b in coarse] == [32, 40, 32]  # Never past the data's longest clip (40 < 64).
   last = out[-1]
   assert last['label'].tolist()[:2] == [1, 2] and last['num_frames'].tolist() == [8, 1, 1, 1]
   assert not np.any(last['visual'][2:])  # Padding rows are zero.
@@ -116,8 +118,9 @@ def test_member_batches_stack_each_members_own_rows_scaled_by_its_statistics():
     [[True, False], [True, True]],
     [[False, False], [True, False]],  # Member 0 has run out: padding rows, which the step ignores.
   ]
-  # One time axis for both: the longest clip of the batch over all members (30), rounded up to 8.
-  assert [b['visual'].shape for b in out] == [(2, 2, 32, 2), (2, 2, 16, 2), (2, 2, 8, 2)]
+  # One time axis for both: the longest clip of the batch over all members (30), rounded up to 8
+  # but not past the data's longest clip (30).
+  assert [b['visual'].shape for b in out] == [(2, 2, 30, 2), (2, 2, 16, 2), (2, 2, 8, 2)]
   assert out[0]['num_frames'].tolist() == [[3, 5], [2, 30]] and out[2]['num_frames'].tolist() == [[1, 1], [7, 1]]
   # Member 1 is scaled by its statistics, frames past each clip's end stay zero; member 0 is raw.
   np.testing.assert_array_equal(out[0]['visual'][1, 0, :2], [[0.0, 0.25], [0.0, 0.25]])
