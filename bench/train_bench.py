@@ -445,7 +445,7 @@ def lstm_mode(args, config, clips, mesh) -> None:
   print(f'\nvisual LSTM, one epoch of {args.num_clips} clips (median of {args.epochs}); speed-up over the old layer:')
   for name, seconds in medians.items():
     per_member = seconds / (args.members if 'members' in name else 1)
-    print(f'  {name:28s} {seconds:7.2f} s   per member {per_member:6.2f} s   {base / per_member:5.2f}x')
+    print(f'  {name:34s} {seconds:7.2f} s   per member {per_member:6.2f} s   {base / per_member:5.2f}x')
 
 
 def folds_mode(args, config, clips, mesh) -> None:

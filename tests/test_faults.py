@@ -7,8 +7,9 @@ those of an uninterrupted run. The kills land at moments found from outside the 
 watching the workdir (no hook in emojax): while a checkpoint step is being written (its
 `.orbax-checkpoint-tmp` directory exists; the step is drawn from a seeded RNG), right after a
 stage's DONE file appears (between stages), once the stacker's first feature file appears
-(during the feature pass), once provenance.json appears (before the report), and at a time
-drawn from the seeded RNG over the measured duration of the uninterrupted run. After each
+(during the feature pass), once provenance.json appears (before the report), and at
+EMOJAX_KILL_POINTS (default 1) times drawn from the seeded RNG over the measured duration of
+the uninterrupted run. After each
 kill, the restart must resume every unfinished stage from its latest complete step, whatever
 the kill left half-written.
 
@@ -39,6 +40,7 @@ STAGES = ('audio', 'visual', 'stacker')
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 RUN_TIMEOUT_SECS = 300
 EPOCHS = 5
+NUM_RANDOM_KILLS = int(os.environ.get('EMOJAX_KILL_POINTS', '1'))
 
 
 @pytest.fixture(scope='module')
@@ -263,7 +265,7 @@ def test_killed_anywhere_resumes_to_the_same_report(data_dir, tmp_path):
   # checked, and the moments it passed are skipped; every kind must still be hit once.
   plan = [
     saving(int(rng.integers(1, EPOCHS))),
-    at(rng.uniform(0.2, 0.5) * duration),
+    *[at(rng.uniform(0.2, 0.5) * duration) for _ in range(NUM_RANDOM_KILLS)],
     between_stages(),
     feature_pass(),
     before_report(),
