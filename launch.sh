@@ -16,7 +16,7 @@ usage() {
 usage: ./launch.sh VERB [ARGS...]
 
   demo                          synthetic RAVDESS-format clips -> TFRecords (stand-in extractors)
-                                -> audio, visual and stacked models -> test report (728 s measured on 2 CPUs)
+                                -> audio, visual and stacked models -> test report (280 s measured on 2 CPUs)
   test [PYTEST_ARGS...]         install test extras and run the whole pytest suite
   prep INPUT_DIR OUTPUT_DIR [FLAGS...]
                                 RAVDESS tree -> TFRecords with the real extractors (TF-Hub VGGish,
