@@ -14,6 +14,12 @@ For each seed, on the same schema-v1 directory:
     statistics emojax saved for each stage (none by default); the stacker on the Keras base
     models' own penultimate features. Timed from building the models to the test accuracy.
 
+--paired takes the seeds' noise out, to test the two implementations' arithmetic: Keras then
+starts from emojax's initial weights (each member's own, from its seed) and trains on emojax's
+batches in emojax's order (model.fit once per epoch on the rows emojax's batches hold, early
+stopping as Keras' EarlyStopping does it), and dropout is off on both sides (its masks cannot
+be shared). The two sides should then agree up to float rounding, seed by seed.
+
 Printed: per seed and model both test accuracies, then mean ± std (sample std) over the
 seeds, and each side's wall time. Random embeddings from `emojax.fake_records` are not
 RAVDESS: this measures whether the two implementations learn alike, not emotion recognition.
@@ -36,9 +42,10 @@ import statistics
 import tempfile
 import time
 
+import jax
 import numpy as np
 
-from emojax import experiment, fake_records, input_pipeline, models, partitions
+from emojax import experiment, fake_records, input_pipeline, models, partitions, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,6 +64,9 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--work_dir', default=os.path.join(tempfile.gettempdir(), 'emojax_parity'))
   parser.add_argument('--skip_keras', action='store_true')
+  parser.add_argument(
+    '--paired', action='store_true', help="Keras starts from emojax's weights and sees its batches; no dropout"
+  )
   return parser.parse_args()
 
 
@@ -73,6 +83,9 @@ def load_config(args, data_dir: str, seed: int):
   config.data.dir = data_dir
   config.seed = seed
   config.log_every_secs = 1e9
+  if args.paired:  # Dropout masks cannot be shared between the two frameworks.
+    for name in models.MODELS:
+      config.model[name].dropout_rate = 0.0
   for override in args.override:
     key, value = override.split('=', 1)
     node = config
@@ -115,19 +128,87 @@ def keras_fit(model, train: tuple, val: tuple, config) -> int:
   return int(np.argmin(history.history['val_loss'])) + 1
 
 
-def keras_run(config, clips: dict, fold: dict, workdir: str, seed: int) -> dict:
-  """The thesis' stack in Keras 3 on emojax's partitions; returns test accuracies and best epochs."""
+def keras_fit_paired(model, train: tuple, val: tuple, config, shuffle_seed: tuple) -> int:
+  """`model.fit` on emojax's batches: each epoch's rows in the order emojax's member draws them.
+
+  One `fit` call per epoch (the optimizer's step count carries over), with EarlyStopping's
+  rule done here: the lowest val_loss so far is kept, and `patience` epochs without a lower
+  one stop training.
+  """
+  member = input_pipeline.MemberData({'label': train[1]}, np.arange(len(train[1])), shuffle_seed=shuffle_seed)
+  best_loss, best_epoch, best_weights, bad_epochs = np.inf, 0, model.get_weights(), 0
+  for epoch in range(1, config.num_epochs + 1):
+    order = np.concatenate(member.batch_rows(epoch, config.batch_size))
+    history = model.fit(
+      train[0][order],
+      train[1][order],
+      batch_size=config.batch_size,
+      shuffle=False,
+      validation_data=val,
+      verbose=0,
+    )
+    val_loss = history.history['val_loss'][-1]
+    if val_loss < best_loss:
+      best_loss, best_epoch, best_weights, bad_epochs = val_loss, epoch, model.get_weights(), 0
+    else:
+      bad_epochs += 1
+      if bad_epochs >= config.patience:
+        break
+  model.set_weights(best_weights)
+  return best_epoch
+
+
+def emojax_initial_weights(config, name: str, member, arrays: dict) -> list[np.ndarray]:
+  """Member `member`'s initial parameters of stage `name`, as emojax draws them, in Keras' `get_weights` order."""
+  model = models.build_model(name, config.model, len(partitions.class_names(config)))
+  data = [input_pipeline.MemberData(arrays, np.arange(len(arrays['label'])))]
+  example = next(
+    input_pipeline.member_batches(
+      data, config.batch_size, keys=models.MODELS[name].inputs, time_bucket=config.data.time_bucket
+    )
+  )
+  key = experiment.member_key(member, name)[None]
+  params = jax.tree.map(
+    lambda x: np.asarray(x[0]), train.create_member_states(config.optimizer, model, key, example).params
+  )
+  if name == 'visual':  # Keras' LSTM holds kernel, recurrent_kernel, bias; Dense kernel, bias.
+    layers, leaves = (
+      [f'lstm_{i}' for i in range(len(config.model.visual.lstm_sizes))],
+      ('kernel', 'recurrent_kernel', 'bias'),
+    )
+  else:
+    layers, leaves = [f'hidden_{i}' for i in range(len(config.model[name].hidden_sizes))], ('kernel', 'bias')
+  return [params[layer][leaf] for layer in layers for leaf in leaves] + [
+    params['head']['kernel'],
+    params['head']['bias'],
+  ]
+
+
+def keras_run(config, clips: dict, member, workdir: str, *, paired: bool) -> dict:
+  """The thesis' stack in Keras 3 on emojax's partitions; returns test accuracies and best epochs.
+
+  `paired`: each model starts from emojax's initial weights for `member` and trains on its batches.
+  """
   import keras
   import train_bench  # bench/train_bench.py, beside this file.
 
-  keras.utils.set_random_seed(seed)
+  keras.utils.set_random_seed(member.seed)
+  fold = member.fold.parts
+
+  def fit(model, name, train_split, val_split, arrays):
+    if not paired:
+      return keras_fit(model, train_split, val_split, config)
+    model.set_weights(emojax_initial_weights(config, name, member, arrays))
+    return keras_fit_paired(model, train_split, val_split, config, experiment.shuffle_seed(member, name))
+
   longest = int(clips['num_frames'].max())
   results, penultimate = {}, {}
   for name in models.BASE_MODELS:
     _, (statistics,) = input_pipeline.load_normalization(os.path.join(workdir, name, 'normalization.npz'))
     data = {p: keras_split(clips, fold[p], name, longest, statistics) for p in partitions.PARTITIONS}
     model = train_bench.build_keras_model(name, config.model, config.optimizer, longest)
-    best_epoch = keras_fit(model, data['base_train'], data['base_val'], config)
+    arrays = input_pipeline.take(clips, fold['base_train'])
+    best_epoch = fit(model, name, data['base_train'], data['base_val'], arrays)
     _, accuracy = model.evaluate(*data['test'], batch_size=config.batch_size, verbose=0)
     results[name] = {'accuracy': float(accuracy), 'best_epoch': best_epoch}
     cut = keras.Model(model.inputs, model.get_layer('penultimate').output)
@@ -141,7 +222,8 @@ def keras_run(config, clips: dict, fold: dict, workdir: str, seed: int) -> dict:
   statistics = input_pipeline.normalization_statistics(features['stack_train'], ('features',), config.data.normalize)
   data = {p: (input_pipeline.normalize(features[p], statistics)['features'], clips['label'][fold[p]]) for p in features}
   model = train_bench.build_keras_model('stacker', config.model, config.optimizer, longest)
-  best_epoch = keras_fit(model, data['stack_train'], data['stack_val'], config)
+  arrays = {'features': data['stack_train'][0], 'label': data['stack_train'][1]}
+  best_epoch = fit(model, 'stacker', data['stack_train'], data['stack_val'], arrays)
   _, accuracy = model.evaluate(*data['test'], batch_size=config.batch_size, verbose=0)
   results['stacker'] = {'accuracy': float(accuracy), 'best_epoch': best_epoch}
   return results
@@ -158,7 +240,6 @@ def mean_std(values) -> str:
 def main():
   args = parse_args()
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import jax
 
   jax.config.update('jax_platforms', 'cpu')
   import tensorflow as tf
@@ -184,9 +265,13 @@ def main():
   seeds = [int(s) for s in args.seeds.split(',')]
   rows = {'emojax': {m: [] for m in models.MODELS}, 'keras': {m: [] for m in models.MODELS}}
   wall = {'emojax': [], 'keras': []}
-  print(f'data: {data_dir}; config {args.config} {args.override}; seeds {seeds}', flush=True)
+  paired = ' PAIRED (same initial weights and batches, no dropout)' if args.paired else ''
+  print(f'data: {data_dir}; config {args.config} {args.override}; seeds {seeds}{paired}', flush=True)
   for seed in seeds:
     config = load_config(args, data_dir, seed)
+    if args.paired and config.data.length_chunk:
+      # Keras' fit cuts an epoch's rows into consecutive batches; length chunks can put a short batch mid-epoch.
+      raise SystemExit('parity: --paired needs data.length_chunk=0 (random batches, the default).')
     workdir = os.path.join(args.work_dir, f'emojax_seed{seed}')
     shutil.rmtree(workdir, ignore_errors=True)
     start = time.perf_counter()
@@ -202,10 +287,9 @@ def main():
       (fold,) = partitions.make_folds(clips, config)
       with open(os.path.join(workdir, experiment.PARTITIONS_FILENAME)) as f:
         (drawn,) = json.load(f)['folds']
-      fold = fold.parts
-      assert all(sorted(clips['clip_id'][fold[p]].tolist()) == ids for p, ids in drawn['clip_ids'].items())
+      assert all(sorted(clips['clip_id'][fold.parts[p]].tolist()) == ids for p, ids in drawn['clip_ids'].items())
       start = time.perf_counter()
-      keras_results = keras_run(config, clips, fold, workdir, seed)
+      keras_results = keras_run(config, clips, experiment.Member(fold, seed), workdir, paired=args.paired)
       wall['keras'].append(time.perf_counter() - start)
       for name in models.MODELS:
         rows['keras'][name].append(keras_results[name]['accuracy'])
@@ -220,7 +304,8 @@ def main():
   for name in models.MODELS:
     line = f'{name:<8} ' + ' '.join(f'{mean_std(rows[side][name]):>15}' for side in sides)
     if len(sides) > 1:
-      line += f'   {statistics.mean(rows["emojax"][name]) - statistics.mean(rows["keras"][name]):+.3f}'
+      difference = round(statistics.mean(rows['emojax'][name]) - statistics.mean(rows['keras'][name]), 3) + 0.0
+      line += f'   {difference:+.3f}'  # + 0.0: no '-0.000' for equal means.
     print(line)
   print(
     'wall s per seed (whole stack; emojax: data read, compile, checkpoints and evaluation included; Keras: build, '

@@ -44,7 +44,14 @@ STACKER_PARTITIONS = ('stack_train', 'stack_val', 'test')
 # evaluated with other values: what the run does with it, how often it logs and saves, where
 # the data lie (the data themselves are compared by their fingerprint) and how the members
 # are laid out on the devices (the device count is not in the config either).
-RESULT_NEUTRAL_FIELDS = ('mode', 'log_every_secs', 'checkpoint_every_secs', 'data.dir', 'mesh.member_shards')
+RESULT_NEUTRAL_FIELDS = (
+  'mode',
+  'log_every_secs',
+  'checkpoint_every_secs',
+  'data.dir',
+  'mesh.member_shards',
+  'compact_stopped_members',
+)
 # The most differing fields one error names.
 _MAX_LISTED_DIFFERENCES = 6
 
@@ -114,6 +121,11 @@ def stage_index(name: str) -> int:
 
 def member_key(member: Member, name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(member.seed), stage_index(name)), member.fold.index)
+
+
+def shuffle_seed(member: Member, name: str) -> tuple[int, ...]:
+  """The seed of member's batch order in stage `name` (`MemberData.shuffle_seed`)."""
+  return (member.seed, 2, stage_index(name), member.fold.index)
 
 
 def _stage(config, name: str, paths: Paths, members, train_data, val_data) -> train.Stage:
@@ -543,14 +555,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if name not in names:
       continue
     statistics[name] = scaled(name, [input_pipeline.take(clips, m.fold.parts['base_train']) for m in members])
-    shuffle = lambda member: (member.seed, 2, stage_index(name), member.fold.index)  # noqa: B023
     data = {
       partition: [
         input_pipeline.MemberData(
           clips,
           member.fold.parts[partition],
           statistics[name][k],
-          shuffle(member) if partition == 'base_train' else None,
+          shuffle_seed(member, name) if partition == 'base_train' else None,
         )
         for k, member in enumerate(members)
       ]
@@ -567,7 +578,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           member_features,
           np.arange(len(member_features['label'])),
           statistics['stacker'][k],
-          (member.seed, 2, stage_index('stacker'), member.fold.index) if partition == 'stack_train' else None,
+          shuffle_seed(member, 'stacker') if partition == 'stack_train' else None,
         )
         for k, (member, member_features) in enumerate(zip(members, features[partition]))
       ]
@@ -642,7 +653,7 @@ def _report(config, clips, info, members, training, tests, provenance) -> dict:
       'num_clips': len(clips['label']),
       'stand_in_extractors': input_pipeline.uses_stand_in_extractors(info),
     },
-    fractions=config.data.fractions,
+    fractions=partitions.fractions_of(config),
     class_set=config.data.classes,
     provenance=provenance,
   )

@@ -665,6 +665,10 @@ def member_batches(
   active = np.ones(len(members), bool) if active is None else np.asarray(active, bool)
   rows = [member.batch_rows(epoch, batch_size, length_chunk) if on else [] for member, on in zip(members, active)]
   empty = np.zeros(0, np.int64)
+  if 'visual' in keys:
+    # Never past the data's longest clip (as Keras pads): 80-frame clips stored at 256 run 80 steps, not 96.
+    data_longest = max(int(member.arrays['num_frames'].max()) for member in members)
+    stored = min(members[0].arrays['visual'].shape[1], max(data_longest, 1))
   for step in range(max(len(member_rows) for member_rows in rows)):
     chunks = [member_rows[step] if step < len(member_rows) else empty for member_rows in rows]  # [real_k] each
     length = None
@@ -672,8 +676,6 @@ def member_batches(
       longest = max(
         int(member.arrays['num_frames'][chunk].max()) for member, chunk in zip(members, chunks) if len(chunk)
       )
-      # Never past the data's longest clip (as Keras pads): 80-frame clips stored at 256 run 80 steps, not 96.
-      stored = min(members[0].arrays['visual'].shape[1], max(int(members[0].arrays['num_frames'].max()), 1))
       length = min(-(-longest // time_bucket) * time_bucket, stored) if time_bucket else stored
     batch = {}
     for key in (*keys, 'label'):

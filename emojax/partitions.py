@@ -144,6 +144,11 @@ def random_protocol(clips: dict, config) -> list:
   return [(0, tuple(split_stratified(np.arange(len(labels)), labels, fractions, rng)))]
 
 
+def fractions_of(config) -> tuple[float, ...] | None:
+  """The (base, stack, test) fractions the run's protocol draws by: only 'random' uses `data.fractions`."""
+  return tuple(config.data.fractions) if config.data.protocol == 'random' else None
+
+
 @register('actor')
 def actor_protocol(clips: dict, config) -> list:
   """One fold: whole actors to base / stack / test, half of each partition's actors male and half female."""

@@ -273,8 +273,8 @@ def make_report(
     dataset: facts about the data (its directory, number of clips, whether the
       features came from stand-in extractors under the key
       `stand_in_extractors`); stored as given.
-    fractions: `config.data.fractions`, which decides which thesis figures apply; None
-      (unknown) gives no thesis figures.
+    fractions: `partitions.fractions_of(config)`, which decides which thesis figures apply;
+      None (a protocol that splits by actors or folds, or unknown) gives no thesis figures.
     class_set: the run's class set, 'thesis7' (default) or 'ravdess8'.
     provenance: what `read_provenance(workdir)` returns (None when the workdir has no
       `provenance.json`); stored as given.
@@ -768,7 +768,7 @@ def format_report(report: dict) -> str:
   if dataset.get('stand_in_extractors'):
     lines.append('NOTE: features come from stand-in extractors, not VGGish/VGG16: do not compare with the thesis.')
   thesis = report.get('thesis') or {}
-  if not thesis and fractions is None:
+  if not thesis and fractions is None and report.get('protocol', 'random') == 'random':
     lines.append('NOTE: the report does not record the partition fractions, so no thesis figure is shown.')
   elif not thesis:
     lines.append(

@@ -8,7 +8,11 @@ single-member steps over it, so K small models cost one program, one compile and
 checkpoint. Each member has its own batches (the caller's batches are [K, batch, ...] with
 per-member masks), its own early stopping and its own best parameters, kept on the device:
 a member that stopped is frozen (its updates are masked out) and the stage ends when every
-member has stopped or reached `num_epochs`.
+member has stopped or reached `num_epochs`. With `config.compact_stopped_members` (the
+default), an epoch's steps run on the members still training only, taken out of the stacked
+state and written back after the epoch (`training_group`): the same numbers up to float
+rounding (XLA may order a sum differently for another member count: 1e-7 relative, no best
+epoch moved in a 6 folds x 3 seeds run), without the arithmetic of stopped members.
 
 `fit` trains (or resumes, or restores a finished) stage from the batch iterators it is
 given; `restore` loads it for eval-only runs. What the stages are and how they chain is
@@ -31,7 +35,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -250,6 +254,63 @@ def _on_members(values: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
   return jax.make_array_from_callback(values.shape, sharding, lambda index: values[index])
 
 
+def training_group(active: np.ndarray, member_shards: int) -> np.ndarray:
+  """The members an epoch's steps run on: every active one, padded with stopped ones to a size G.
+
+  G is the active count rounded up to `member_shards` times a power of two (at most K), so a
+  stage whose members stop one by one compiles its steps for a handful of sizes, and stopped
+  members stop costing arithmetic (on a CPU a member costs what it computes, stopped or not).
+  Chosen from `active` alone: a resumed run picks the same groups.
+  """
+  num_members, num_active = len(active), int(np.sum(active))
+  size = member_shards
+  while size < num_active:
+    size *= 2
+  size = min(size, num_members)
+  stopped = np.flatnonzero(~active)
+  return np.sort(np.concatenate([np.flatnonzero(active), stopped[: size - num_active]]))
+
+
+@functools.cache
+def _group_ops(mesh: jax.sharding.Mesh):
+  """Jitted (take, put): a group's rows of the stacked state, and those rows written back."""
+  members, replicated = NamedSharding(mesh, P('members')), NamedSharding(mesh, P())
+  take = jax.jit(lambda state, group: jax.tree.map(lambda x: x[group], state), out_shardings=members)
+  put = jax.jit(
+    lambda state, rows, group: jax.tree.map(lambda x, y: x.at[group].set(y), state, rows),
+    out_shardings=members,
+    donate_argnums=0,
+  )
+
+  def on_devices(group: np.ndarray) -> jax.Array:  # The same indices on every process.
+    return jax.make_array_from_callback(group.shape, replicated, lambda index: group[index])
+
+  def take_group(state: TrainState, group: np.ndarray) -> TrainState:
+    return take(state, on_devices(group))
+
+  def put_group(state: TrainState, rows: TrainState, group: np.ndarray) -> TrainState:
+    return put(state, rows, on_devices(group))
+
+  return take_group, put_group
+
+
+def _rows_of(batches: Iterable[dict], group: np.ndarray | None) -> Iterator[dict]:
+  """[K, batch, ...] batches cut to the `group`'s members (None: all of them)."""
+  for batch in batches:
+    yield batch if group is None else {key: value[group] for key, value in batch.items()}
+
+
+def _to_all_members(values: dict, group: np.ndarray | None, num_members: int) -> dict:
+  """Per-member metrics of a group ([G, ...]) placed at their members' rows of [K, ...] (zeros elsewhere)."""
+  if group is None:
+    return values
+  placed = {}
+  for key, value in values.items():
+    placed[key] = np.zeros((num_members, *np.shape(value)[1:]), np.asarray(value).dtype)
+    placed[key][group] = value
+  return placed
+
+
 # ----------------------------------------------------------------------------- a stage
 
 
@@ -437,6 +498,7 @@ def fit(config, stage: Stage, mesh) -> tuple[TrainState, list[dict]]:
     return state, summaries
 
   train_fn, _, _, best_fn = jitted_steps(mesh)
+  take_group, put_group = _group_ops(mesh)
   is_main = jax.process_index() == 0
   writers = {
     split: metric_writers.create_default_writer(os.path.join(stage_dir, split), just_logging=not is_main)
@@ -482,17 +544,23 @@ def fit(config, stage: Stage, mesh) -> tuple[TrainState, list[dict]]:
       if stopped.all():
         break
       active = ~stopped
-      active_on_devices = _on_members(active, mesh)
+      group = training_group(active, mesh.shape['members']) if config.compact_stopped_members else None
+      if group is not None and len(group) == num_members:
+        group = None
+      # Stopped members outside the group are left out of this epoch's steps altogether.
+      training = state if group is None else take_group(state, group)
+      active_on_devices = _on_members(active if group is None else active[group], mesh)
       train_metrics = None
-      for batch in stage.train_batches(epoch, active):
-        state, batch_metrics = train_fn(state, to_device(batch, mesh), active_on_devices)
+      for batch in _rows_of(stage.train_batches(epoch, active), group):
+        training, batch_metrics = train_fn(training, to_device(batch, mesh), active_on_devices)
         train_metrics = batch_metrics if train_metrics is None else train_metrics.merge(batch_metrics)
         step += 1
         # Every step: clu's periodic actions never fire on their first call and refuse a skipped step.
         report_progress(step)
-      train_computed = compute_members(train_metrics)
+      train_computed = _to_all_members(compute_members(train_metrics), group, num_members)
       with report_progress.timed('eval'):
-        val = evaluate(state, stage.val_batches(), mesh)
+        val = _to_all_members(evaluate(training, _rows_of(stage.val_batches(), group), mesh), group, num_members)
+      state = training if group is None else put_group(state, training, group)
       improved = np.zeros(num_members, bool)
       for k in np.flatnonzero(active):
         member = meta['members'][k]
